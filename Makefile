@@ -1,0 +1,23 @@
+# Set-up, tests, quickstart and benchmarks. Every target uses the virtual environment in .venv/.
+PY := .venv/bin/python
+STAMP := .venv/.hqod-setup-done
+export OMP_NUM_THREADS ?= 2
+
+.PHONY: setup test test-all quickstart quickstart-qat bench bench-quick clean-cache
+
+setup: $(STAMP)
+
+# Re-run only when the requirements or setup.py change; each step is idempotent.
+$(STAMP): requirements.txt setup.py tools/install_detectron2.py
+	test -x $(PY) || python3 -m venv .venv
+	$(PY) -m pip install -q --upgrade "pip<26"
+	$(PY) -m pip install -q -r requirements.txt
+	$(PY) tools/install_detectron2.py
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
+	touch $(STAMP)
+
+test: setup
+	$(PY) -m pytest -q tests
+
+quickstart: setup
+	$(PY) train_net.py --config-file configs/quickstart_retinanet_mnv2_shapes.yaml --num-gpus 1 OUTPUT_DIR output/quickstart

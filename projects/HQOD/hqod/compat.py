@@ -1,0 +1,66 @@
+"""Every measure that lets one code base run on both Detectron2 v0.6 (pure Python, CPU) and current Detectron2.
+
+Imported first by ``hqod/__init__.py``. It never edits Detectron2's files; each measure is a no-op where
+the installed Detectron2 does not need it:
+
+1. ``detectron2._C`` missing (``pb1-detectron2`` has no C++ sources): a stand-in module is registered so
+   that v0.6's module-level ``from detectron2 import _C`` imports succeed; using any of its operators
+   (deformable conv, rotated boxes, the fast COCO evaluator) raises an ImportError saying what to install.
+   ``HAS_C_EXTENSION`` tells evaluators to use pycocotools' own evaluation (``use_fast_impl=False``).
+2. ``create_ddp_model`` passes ``device_ids=[local_rank]`` even on CPU, which DistributedDataParallel
+   rejects: on a machine without CUDA it is wrapped to pass ``device_ids=None``.
+3. v0.6's ``launch()`` hard-codes NCCL and asserts CUDA: ``hqod.engine.launch`` replaces it on CPU
+   (a gloo process group per CPU worker) and calls Detectron2's own ``launch`` when CUDA is present.
+The Pascal VOC evaluator's ``np.bool`` needs no measure: numpy >= 2 defines ``np.bool`` again.
+"""
+import importlib.util
+import sys
+import types
+
+import torch
+
+
+class _MissingCExtension(types.ModuleType):
+    """Stand-in for ``detectron2._C``: importable, but every operator says what is missing."""
+
+    def __getattr__(self, name):
+        if name.startswith("__"):
+            raise AttributeError(name)
+        raise ImportError(
+            f"detectron2._C.{name} needs Detectron2's compiled operators, which this pure-Python install lacks; "
+            "build detectron2 from the official repository to use it"
+        )
+
+
+def _has_compiled_detectron2() -> bool:
+    spec = importlib.util.find_spec("detectron2")
+    if spec is None:
+        raise ImportError("detectron2 is not installed; run `make setup` (or build it from the official repository)")
+    return importlib.util.find_spec("detectron2._C") is not None
+
+
+HAS_C_EXTENSION = _has_compiled_detectron2()
+if not HAS_C_EXTENSION:
+    sys.modules.setdefault("detectron2._C", _MissingCExtension("detectron2._C"))
+
+
+def _patch_create_ddp_model():
+    import detectron2.engine.defaults as defaults
+
+    original = defaults.create_ddp_model
+    if getattr(original, "_hqod_cpu_safe", False):
+        return
+
+    def create_ddp_model(model, *, fp16_compression=False, **kwargs):
+        if not torch.cuda.is_available():
+            kwargs.setdefault("device_ids", None)
+        return original(model, fp16_compression=fp16_compression, **kwargs)
+
+    create_ddp_model._hqod_cpu_safe = True
+    defaults.create_ddp_model = create_ddp_model
+    import detectron2.engine as engine
+
+    engine.create_ddp_model = create_ddp_model
+
+
+_patch_create_ddp_model()

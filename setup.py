@@ -1,0 +1,12 @@
+"""Installs the ``hqod`` package from ``projects/HQOD`` (``pip install -e .``)."""
+from setuptools import find_packages, setup
+
+setup(
+    name="hqod",
+    version="0.1.0",
+    description="HQOD: Harmonious Quantization for Object Detection, as a Detectron2 project",
+    package_dir={"": "projects/HQOD"},
+    packages=find_packages("projects/HQOD"),
+    python_requires=">=3.9",
+    install_requires=["torch", "torchvision", "fvcore", "pycocotools", "numpy", "opencv-python-headless"],
+)
