@@ -3,7 +3,7 @@ PY := .venv/bin/python
 STAMP := .venv/.hqod-setup-done
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: setup test test-all quickstart quickstart-qat bench bench-quick clean-cache
+.PHONY: setup test test-slow quickstart quickstart-qat bench bench-quick clean-cache
 
 setup: $(STAMP)
 
@@ -16,8 +16,13 @@ $(STAMP): requirements.txt setup.py tools/install_detectron2.py
 	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
+# The fast suite (under 10 minutes on 2 cores).
 test: setup
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -m "not slow" tests
+
+# End-to-end runs of train_net.py (FP -> QAT -> eval, 2 CPU workers, kill-and-resume).
+test-slow: setup
+	$(PY) -m pytest -q -m slow tests
 
 quickstart: setup
 	$(PY) train_net.py --config-file configs/quickstart_retinanet_mnv2_shapes.yaml --num-gpus 1 OUTPUT_DIR output/quickstart

@@ -21,7 +21,17 @@ import torch
 
 
 class _MissingCExtension(types.ModuleType):
-    """Stand-in for ``detectron2._C``: importable, but every operator says what is missing."""
+    """Stand-in for ``detectron2._C``: importable, answers ``collect_env``'s build questions, and every
+    operator says what is missing."""
+
+    def get_compiler_version(self):
+        return "none (pure-Python detectron2, no compiled operators)"
+
+    def get_cuda_version(self):
+        return "none"
+
+    def has_cuda(self):
+        return False
 
     def __getattr__(self, name):
         if name.startswith("__"):

@@ -9,28 +9,120 @@ def add_hqod_config(cfg):
     _add_fcos_config(cfg)
     _add_quant_config(cfg)
     _add_hqod_loss_config(cfg)
+    _add_schedule_config(cfg)
 
 
 def _add_data_config(cfg):
     # --- data (hqod.data) ---
-    pass
+    # COCO-format data sets to register without code, each "name:json_file:image_root" (two colons, none inside
+    # the paths; relative paths from the working directory), e.g. ["trees_train:data/train.json:data/images"].
+    # hqod.data.register_coco_format_datasets(cfg) registers them after the config is merged, so that
+    # DATASETS.TRAIN / DATASETS.TEST can name them; their json and images are checked before training.
+    cfg.DATASETS.COCO_FORMAT = []
 
 
 def _add_backbone_config(cfg):
     # --- backbone (hqod.modeling.backbone) ---
-    pass
+    # MobileNetV2 body (build_mobilenetv2_backbone / build_mobilenetv2_fpn_backbone); torchvision's layer layout.
+    # MODEL.BACKBONE.FREEZE_AT applies too: k >= 1 freezes the stem and stage1..stagek (stagek ends at stride 2**k),
+    # so 2 freezes everything at stride <= 4, as for ResNet; 0 trains every layer.
+    cfg.MODEL.MOBILENETV2 = CN()
+    # Norm after every body conv, a detectron2.layers.get_norm name: "FrozenBN", "BN", "SyncBN" ("GN" does not fit
+    # MobileNetV2's channel counts). The ImageNet weights (hqod://imagenet/mobilenet_v2.pth) need a BN kind.
+    cfg.MODEL.MOBILENETV2.NORM = "FrozenBN"
+    # Channel width multiplier (channels rounded to multiples of 8, as torchvision does); ImageNet weights: 1.0 only.
+    cfg.MODEL.MOBILENETV2.WIDTH_MULT = 1.0
+    # Body outputs, named after their stage: "stage2".."stage5" at strides 4..32 (stage5 ends at 1280 channels).
+    cfg.MODEL.MOBILENETV2.OUT_FEATURES = ["stage3", "stage4", "stage5"]
+    # Input of P6/P7 in the P3-P7 FPN of build_mobilenetv2_fpn_backbone / build_resnet_p3p7_fpn_backbone: "p5"
+    # (the last FPN level, as FCOS and Detectron2's FCOS LazyConfig) or a body feature such as "res5" / "stage5"
+    # (C5, as RetinaNet and Detectron2's build_retinanet_resnet_fpn_backbone).
+    cfg.MODEL.FPN.TOP_BLOCK_IN_FEATURE = "p5"
 
 
 def _add_fcos_config(cfg):
-    # --- FCOS from yacs (hqod.modeling.fcos) ---
-    pass
+    # --- FCOS from yacs (hqod.modeling.fcos); defaults = Detectron2's LazyConfig fcos_R_50_FPN_1x ---
+    # FCOS anchors need no keys: one point per location of each IN_FEATURES level, sized by its stride.
+    cfg.MODEL.FCOS = CN()
+    # Number of foreground classes.
+    cfg.MODEL.FCOS.NUM_CLASSES = 80
+    # Backbone (FPN) levels the head runs on, from high to low resolution.
+    cfg.MODEL.FCOS.IN_FEATURES = ["p3", "p4", "p5", "p6", "p7"]
+    # 3x3 convs (of the FPN's width) in each of the classification and box towers; at least 1.
+    cfg.MODEL.FCOS.NUM_CONVS = 4
+    # Norm after each tower conv: "GN", "BN" (per-level statistics), "SyncBN" or "" (none).
+    cfg.MODEL.FCOS.HEAD_NORM = "GN"
+    # Initial foreground probability of the classification logits (sets their bias).
+    cfg.MODEL.FCOS.PRIOR_PROB = 0.01
+    # Focal loss of the classification branch.
+    cfg.MODEL.FCOS.FOCAL_LOSS_ALPHA = 0.25
+    cfg.MODEL.FCOS.FOCAL_LOSS_GAMMA = 2.0
+    # A location is positive only within this many strides of a box centre (FCOS center sampling).
+    cfg.MODEL.FCOS.CENTER_SAMPLING_RADIUS = 1.5
+    # Inference: minimum score sqrt(class probability * centerness), candidates kept per level before NMS, NMS IoU.
+    # Detections per image: TEST.DETECTIONS_PER_IMAGE.
+    cfg.MODEL.FCOS.SCORE_THRESH_TEST = 0.2
+    cfg.MODEL.FCOS.TOPK_CANDIDATES_TEST = 1000
+    cfg.MODEL.FCOS.NMS_THRESH_TEST = 0.6
 
 
 def _add_quant_config(cfg):
     # --- quantization (hqod.quantization) ---
-    pass
+    cfg.MODEL.QUANT = CN()
+    # Convert the built detector to fake-quantized QAT (hqod.quantization.convert_to_qat).
+    cfg.MODEL.QUANT.ENABLED = False
+    # Quantizer algorithm for weights and activations: "LSQ", "TQT" or "DSQ".
+    cfg.MODEL.QUANT.ALGORITHM = "LSQ"
+    # Bits (2..8) of every conv's weight / input, except the first and last layers.
+    cfg.MODEL.QUANT.WEIGHT_BITS = 4
+    cfg.MODEL.QUANT.ACT_BITS = 4
+    # Bits (2..8) of weight and input of the stem conv and of the prediction convs.
+    cfg.MODEL.QUANT.FIRST_LAST_BITS = 8
+    # fnmatch patterns of the stem conv(s); empty: the first conv run in a dry forward pass.
+    cfg.MODEL.QUANT.FIRST_PATTERNS = []
+    # fnmatch patterns of the prediction convs (RetinaNet and FCOS heads); unmatched ones are ignored.
+    cfg.MODEL.QUANT.LAST_PATTERNS = ["head.cls_score", "head.bbox_pred", "head.ctrness"]
+    # Per-output-channel weight step sizes (per-tensor when False, as in the authors' setup).
+    cfg.MODEL.QUANT.PER_CHANNEL = False
+    # Per-module bits, "fnmatch_pattern:weight_bits:act_bits"; later entries win; applied after the defaults.
+    cfg.MODEL.QUANT.OVERRIDES = []
+    # Total calibration images over all ranks (images x world size, as the authors counted).
+    cfg.MODEL.QUANT.CALIB_IMAGES = 256
+    # Step-size initialisation: "MINMAX", "EMA_MSE", "LSQ" (2*mean|x|/sqrt(Qp)) or "POT_MODE" (authors' TQT).
+    cfg.MODEL.QUANT.WEIGHT_OBSERVER = "MINMAX"
+    cfg.MODEL.QUANT.ACT_OBSERVER = "EMA_MSE"
+    # Fold BatchNorm (running statistics, frozen) into the backbone convs' weights before quantizing them.
+    cfg.MODEL.QUANT.FOLD_BN = False
+    # A conv called once per FPN level keeps one weight quantizer for all levels (else one per level).
+    cfg.MODEL.QUANT.SHARE_HEAD_WEIGHT_QUANTIZER = True
+    # A conv called once per FPN level gets one input quantizer per level (else one for all levels).
+    cfg.MODEL.QUANT.PER_LEVEL_ACT_QUANTIZER = True
+    # TQT: keep the calibrated power-of-two scales fixed, as the authors' code did (False: train log2 t).
+    cfg.MODEL.QUANT.TQT_FREEZE_SCALE = True
+    # DSQ: initial alpha in (0, 0.5], and whether it is learned (else set from outside, e.g. by a schedule).
+    cfg.MODEL.QUANT.DSQ_ALPHA = 0.4
+    cfg.MODEL.QUANT.DSQ_LEARN_ALPHA = True
 
 
 def _add_hqod_loss_config(cfg):
-    # --- HQOD losses (hqod.modeling.hqod) ---
-    pass
+    # --- HQOD losses (hqod.losses, hqod.modeling.hqod_mixin); used only by the HQOD* meta-architectures ---
+    cfg.MODEL.HQOD = CN()
+    # Weight of the Task-Correlated loss (loss_tcorr); 0 removes it. Authors' code: 1.0. Schedule hooks may change it.
+    cfg.MODEL.HQOD.TCORR_WEIGHT = 1.0
+    # Weight of the Harmonious IoU loss (loss_hiou); 0 removes it. Authors' code: 1.0. Schedule hooks may change it.
+    cfg.MODEL.HQOD.HIOU_WEIGHT = 1.0
+    # HIoU = ALPHA * (1 - IoU) * (1 + IoU) ** GAMMA; ALPHA must be > 0. Authors' code (from HarDet): 1.5, 0.8.
+    cfg.MODEL.HQOD.HIOU_ALPHA = 1.5
+    cfg.MODEL.HQOD.HIOU_GAMMA = 0.8
+
+
+def _add_schedule_config(cfg):
+    # --- training schedules (hqod.engine.hooks) ---
+    # Ramp of both HQOD loss weights: weight(iter) = W * factor(iter), W = TCORR_WEIGHT / HIOU_WEIGHT above.
+    cfg.MODEL.HQOD.WEIGHT_SCHEDULE = CN()
+    # "constant" (factor 1 throughout, the authors' setting), "linear" or "cosine".
+    cfg.MODEL.HQOD.WEIGHT_SCHEDULE.TYPE = "constant"
+    # factor at START_ITER and before; it reaches 1.0 at END_ITER and stays there.
+    cfg.MODEL.HQOD.WEIGHT_SCHEDULE.START_FACTOR = 0.0
+    cfg.MODEL.HQOD.WEIGHT_SCHEDULE.START_ITER = 0
+    cfg.MODEL.HQOD.WEIGHT_SCHEDULE.END_ITER = 0

@@ -1,0 +1,65 @@
+"""``FCOS`` buildable from yacs (``MODEL.META_ARCHITECTURE: "FCOS"`` + ``MODEL.FCOS.*``), as RetinaNet is.
+
+Detectron2 ships FCOS for LazyConfig only; this subclass adds a ``from_config`` and changes nothing else
+(anchor points, matching, losses and inference are Detectron2's own).
+"""
+import math
+
+from torch import nn
+
+from detectron2.config import configurable
+from detectron2.modeling import META_ARCH_REGISTRY, build_backbone
+from detectron2.modeling.meta_arch.fcos import FCOS as Detectron2FCOS
+from detectron2.modeling.meta_arch.fcos import FCOSHead
+
+from ..errors import HQODInputError
+
+
+def group_norm(channels):
+    """``"GN"`` (32 groups) as a callable: v0.6's RetinaNetHead probes ``get_norm("GN", 1)``, which torch rejects."""
+    return nn.GroupNorm(math.gcd(32, channels), channels)
+
+
+class FCOS(Detectron2FCOS):
+    """Detectron2's FCOS with its head and parameters read from ``MODEL.FCOS.*``."""
+
+    @configurable
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+
+    @classmethod
+    def from_config(cls, cfg):
+        backbone = build_backbone(cfg)
+        shapes = backbone.output_shape()
+        in_features = list(cfg.MODEL.FCOS.IN_FEATURES)
+        if not in_features or any(f not in shapes for f in in_features):
+            raise HQODInputError(f"MODEL.FCOS.IN_FEATURES {in_features} must name backbone outputs {sorted(shapes)}")
+        if cfg.MODEL.FCOS.NUM_CONVS < 1:
+            raise HQODInputError(f"MODEL.FCOS.NUM_CONVS is {cfg.MODEL.FCOS.NUM_CONVS}; use at least 1")
+        feature_shapes = [shapes[f] for f in in_features]
+        head = FCOSHead(
+            input_shape=feature_shapes,
+            conv_dims=[feature_shapes[0].channels] * cfg.MODEL.FCOS.NUM_CONVS,
+            num_classes=cfg.MODEL.FCOS.NUM_CLASSES,
+            norm=group_norm if cfg.MODEL.FCOS.HEAD_NORM == "GN" else cfg.MODEL.FCOS.HEAD_NORM,
+            prior_prob=cfg.MODEL.FCOS.PRIOR_PROB,
+        )
+        return {
+            "backbone": backbone,
+            "head": head,
+            "head_in_features": in_features,
+            "num_classes": cfg.MODEL.FCOS.NUM_CLASSES,
+            "center_sampling_radius": cfg.MODEL.FCOS.CENTER_SAMPLING_RADIUS,
+            "focal_loss_alpha": cfg.MODEL.FCOS.FOCAL_LOSS_ALPHA,
+            "focal_loss_gamma": cfg.MODEL.FCOS.FOCAL_LOSS_GAMMA,
+            "test_score_thresh": cfg.MODEL.FCOS.SCORE_THRESH_TEST,
+            "test_topk_candidates": cfg.MODEL.FCOS.TOPK_CANDIDATES_TEST,
+            "test_nms_thresh": cfg.MODEL.FCOS.NMS_THRESH_TEST,
+            "max_detections_per_image": cfg.TEST.DETECTIONS_PER_IMAGE,
+            "pixel_mean": cfg.MODEL.PIXEL_MEAN,
+            "pixel_std": cfg.MODEL.PIXEL_STD,
+        }
+
+
+if "FCOS" not in META_ARCH_REGISTRY:  # a future Detectron2 may register its own
+    META_ARCH_REGISTRY.register(FCOS)

@@ -1,0 +1,95 @@
+"""FakeQuantizer: the base of LSQ, TQT and DSQ (integer range, calibration / QAT modes, the ``initialized`` flag)."""
+import torch
+from torch import nn
+
+from ..errors import HQODInputError
+from .distributed import all_reduce_
+from .observers import MinMaxObserver
+
+
+def check_bits(bits, what: str = "quantization bits") -> int:
+    """``bits`` if it is an integer from 2 to 8, else HQODInputError naming ``what``."""
+    if isinstance(bits, bool) or not isinstance(bits, int) or not 2 <= bits <= 8:
+        raise HQODInputError(f"{what} must be an integer from 2 to 8, got {bits!r}")
+    return bits
+
+
+def quant_range(bits: int, signed: bool):
+    """Integer grid: [-2^(b-1), 2^(b-1)-1] if signed, [0, 2^b-1] if unsigned."""
+    return (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2 ** bits - 1)
+
+
+class FakeQuantizer(nn.Module):
+    """Fake quantizer on a b-bit grid, per tensor or per output channel; ``signed=None``: signed iff a calibration input
+    was negative on any rank. Fake quantization (the default mode) raises until calibrated or loaded from a QAT state."""
+
+    algorithm = ""
+
+    def __init__(self, bits: int, signed, channels=None, observer=None):
+        super().__init__()
+        self.bits = check_bits(bits)
+        self.channels = channels
+        self.auto_signed = signed is None
+        self.register_buffer("signed", torch.tensor(bool(signed)))
+        self.register_buffer("initialized", torch.tensor(False))
+        self.register_buffer("negative_seen", torch.tensor(False), persistent=False)
+        self.observer = observer if observer is not None else MinMaxObserver(channels)
+        self.observe_enabled = False
+        self.fake_quant_enabled = True
+        self.qualified_name = ""  # set at conversion, for error messages
+        self._qrange = None  # (qmin, qmax), cached once the quantizer is known to be initialised
+
+    def forward(self, x):
+        if self.observe_enabled and x.numel() > 0:
+            self._observe(x.detach())
+        if not self.fake_quant_enabled:
+            return x
+        if self._qrange is None:
+            self._qrange = self._checked_range()
+        return self._fake_quantize(x, *self._qrange)
+
+    def _observe(self, x):
+        if self.auto_signed:
+            self.negative_seen.logical_or_(x.min() < 0)
+            signed = bool(self.negative_seen)
+        else:
+            signed = bool(self.signed)
+        self.observer(x, *quant_range(self.bits, signed))
+
+    def _checked_range(self):
+        if not bool(self.initialized):
+            raise HQODInputError(
+                f"quantizer {self.qualified_name or type(self).__name__} fake-quantizes before it was initialised: "
+                "run hqod.quantization.calibrate(model, ...) first, or load a QAT checkpoint"
+            )
+        return quant_range(self.bits, bool(self.signed))
+
+    def reset_observation(self):
+        """Forget what was observed (called when a calibration starts)."""
+        self.observer.reset()
+        self.negative_seen.zero_()
+
+    @torch.no_grad()
+    def finish_calibration(self) -> bool:
+        """Reduce the statistics over ranks and initialise the step size; False if no rank observed anything."""
+        if self.auto_signed:
+            negative = all_reduce_(self.negative_seen.float(), "max")
+            self.signed.fill_(bool(negative))
+        qmin, qmax = quant_range(self.bits, bool(self.signed))
+        self.observer.sync()
+        step = self.observer.compute_step(qmin, qmax)
+        self._qrange = None
+        if step is None:
+            return False
+        self._set_step(step.to(self.signed.device), qmin, qmax)
+        self.initialized.fill_(True)
+        return True
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        super()._load_from_state_dict(*args, **kwargs)
+        self._qrange = None
+
+    def extra_repr(self):
+        signed = "auto" if self.auto_signed and not bool(self.initialized) else str(bool(self.signed))
+        granularity = f"per-channel({self.channels})" if self.channels else "per-tensor"
+        return f"{self.algorithm}, bits={self.bits}, signed={signed}, {granularity}, initialized={bool(self.initialized)}"

@@ -1,0 +1,142 @@
+"""convert_to_qat: swap every conv of a built Detectron2 model, in place, for its fake-quantized subclass."""
+import fnmatch
+import logging
+from functools import partial
+
+import torch
+from tabulate import tabulate
+from torch import nn
+
+from ..errors import HQODInputError
+from .base import FakeQuantizer, check_bits
+from .dsq import DSQQuantizer
+from .lsq import LSQQuantizer
+from .observers import OBSERVERS, build_observer
+from .qconv import can_fold_bn, quant_class, reset_call_counters
+from .state import is_quantized
+from .tqt import TQTQuantizer
+
+ALGORITHMS = {"LSQ": LSQQuantizer, "TQT": TQTQuantizer, "DSQ": DSQQuantizer}
+DRY_RUN_SIZE = 256
+logger = logging.getLogger(__name__)
+
+
+def convert_to_qat(model, cfg, example_inputs=None):
+    """Fake-quantize weight and input of every nn.Conv2d of ``model`` in place per cfg.MODEL.QUANT (ENABLED not read); an eval
+    dry run on ``example_inputs`` (default: a blank 256x256 image) finds the stem and the convs run once per FPN level."""
+    qcfg = cfg.MODEL.QUANT
+    if is_quantized(model):
+        raise HQODInputError("convert_to_qat got a model that is already converted to QAT")
+    algorithm, overrides = _validate(qcfg)
+    convs = [(name, module) for name, module in model.named_modules() if isinstance(module, nn.Conv2d)]
+    if not convs:
+        raise HQODInputError(f"convert_to_qat found no nn.Conv2d in {type(model).__name__}")
+    for _, conv in convs:
+        quant_class(type(conv))  # fail before changing anything
+    calls = _dry_run(model, convs, example_inputs)
+    first = _matching(convs, qcfg.FIRST_PATTERNS, "FIRST_PATTERNS") if qcfg.FIRST_PATTERNS else list(calls)[:1]
+    last = _matching(convs, qcfg.LAST_PATTERNS, None)
+    if not last:
+        logger.warning("MODEL.QUANT.LAST_PATTERNS %s match no conv: no prediction conv gets FIRST_LAST_BITS",
+                       list(qcfg.LAST_PATTERNS))
+    for pattern, _, _ in overrides:
+        if not any(fnmatch.fnmatchcase(name, pattern) for name, _ in convs):
+            logger.warning("MODEL.QUANT.OVERRIDES pattern %r matches no conv", pattern)
+    rows = []
+    for name, conv in convs:
+        bits = (qcfg.FIRST_LAST_BITS,) * 2 if name in first or name in last else (qcfg.WEIGHT_BITS, qcfg.ACT_BITS)
+        for pattern, weight_bits, act_bits in overrides:
+            if fnmatch.fnmatchcase(name, pattern):
+                bits = (weight_bits, act_bits)
+        levels = calls.get(name, 1)
+        make_weight = partial(_quantizer, qcfg, algorithm, bits[0], True,
+                              conv.out_channels if qcfg.PER_CHANNEL else None, qcfg.WEIGHT_OBSERVER, False)
+        make_input = partial(_quantizer, qcfg, algorithm, bits[1], True if name in first else None, None,
+                             qcfg.ACT_OBSERVER, name in first)
+        weight_quant = _replicate(make_weight, levels if not qcfg.SHARE_HEAD_WEIGHT_QUANTIZER else 1)
+        input_quant = _replicate(make_input, levels if qcfg.PER_LEVEL_ACT_QUANTIZER else 1)
+        fold_bn = bool(qcfg.FOLD_BN) and name.startswith("backbone.") and can_fold_bn(conv)
+        conv.__class__ = quant_class(type(conv))
+        conv.attach_quantizers(weight_quant.to(conv.weight.device), input_quant.to(conv.weight.device), fold_bn)
+        for qname, quantizer in conv.named_modules(prefix=name):
+            if isinstance(quantizer, FakeQuantizer):
+                quantizer.qualified_name = qname
+        rows.append((name, bits[0], bits[1], "signed" if name in first else "at calibration",
+                     "per-channel" if qcfg.PER_CHANNEL else "per-tensor", levels, "yes" if fold_bn else "no"))
+    model.register_forward_pre_hook(reset_call_counters)
+    table = tabulate(rows, headers=["conv", "W bits", "A bits", "input sign", "weight step", "calls/forward",
+                                    "BN folded"], tablefmt="pipe")
+    logger.info("Quantized %d convs with %s (W%dA%d, first/last %d bits):\n%s", len(rows), algorithm,
+                qcfg.WEIGHT_BITS, qcfg.ACT_BITS, qcfg.FIRST_LAST_BITS, table)
+    return model
+
+
+def parse_overrides(overrides):
+    """"pattern:weight_bits:act_bits" strings (fnmatch patterns over module names) -> (pattern, wbits, abits)."""
+    parsed = []
+    for item in overrides:
+        parts = str(item).rsplit(":", 2)
+        try:
+            pattern, weight_bits, act_bits = parts[0], int(parts[1]), int(parts[2])
+        except (IndexError, ValueError):
+            raise HQODInputError(f"MODEL.QUANT.OVERRIDES entry {item!r} is not 'pattern:weight_bits:act_bits'") from None
+        what = f"bits in MODEL.QUANT.OVERRIDES entry {item!r}"
+        parsed.append((pattern, check_bits(weight_bits, what), check_bits(act_bits, what)))
+    return parsed
+
+
+def _validate(qcfg):
+    algorithm = str(qcfg.ALGORITHM).upper()
+    if algorithm not in ALGORITHMS:
+        raise HQODInputError(f"unknown MODEL.QUANT.ALGORITHM {qcfg.ALGORITHM!r}: use one of {', '.join(ALGORITHMS)}")
+    for key in ("WEIGHT_BITS", "ACT_BITS", "FIRST_LAST_BITS"):
+        check_bits(qcfg[key], f"MODEL.QUANT.{key}")
+    for key in ("WEIGHT_OBSERVER", "ACT_OBSERVER"):
+        if str(qcfg[key]).upper() not in OBSERVERS:
+            raise HQODInputError(f"unknown MODEL.QUANT.{key} {qcfg[key]!r}: use one of {', '.join(OBSERVERS)}")
+    calib = qcfg.CALIB_IMAGES
+    if isinstance(calib, bool) or not isinstance(calib, int) or calib <= 0:
+        raise HQODInputError(f"MODEL.QUANT.CALIB_IMAGES must be a positive integer, got {calib!r}")
+    return algorithm, parse_overrides(qcfg.OVERRIDES)
+
+
+def _quantizer(qcfg, algorithm, bits, signed, channels, observer, sees_image):
+    observer_kwargs = {"candidates": 1} if sees_image and str(observer).upper() == "POT_MODE" else {}
+    kwargs = {"TQT": {"freeze": qcfg.TQT_FREEZE_SCALE},
+              "DSQ": {"alpha": qcfg.DSQ_ALPHA, "learn_alpha": qcfg.DSQ_LEARN_ALPHA}}.get(algorithm, {})
+    return ALGORITHMS[algorithm](bits, signed, channels, build_observer(observer, channels, **observer_kwargs),
+                                 **kwargs)
+
+
+def _replicate(make, count):
+    return make() if count == 1 else nn.ModuleList([make() for _ in range(count)])
+
+
+def _matching(convs, patterns, key):
+    names = [name for name, _ in convs if any(fnmatch.fnmatchcase(name, p) for p in patterns)]
+    if key and not names:
+        logger.warning("MODEL.QUANT.%s %s match no conv", key, list(patterns))
+    return names
+
+
+def _dry_run(model, convs, example_inputs):
+    """Calls per eval forward of each conv that ran, in order of first call."""
+    calls = {}
+
+    def count(name, module, inputs):
+        calls[name] = calls.get(name, 0) + 1
+
+    handles = [conv.register_forward_pre_hook(partial(count, name)) for name, conv in convs]
+    if example_inputs is None:
+        image = torch.zeros(3, DRY_RUN_SIZE, DRY_RUN_SIZE, device=convs[0][1].weight.device)
+        example_inputs = [{"image": image, "height": DRY_RUN_SIZE, "width": DRY_RUN_SIZE}]
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(example_inputs)
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.train(was_training)
+    return calls

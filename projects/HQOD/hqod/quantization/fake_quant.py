@@ -1,0 +1,59 @@
+"""The uniform fake-quantization op shared by LSQ and TQT, clamp(round(x/s), Qn, Qp)·s, and small autograd helpers."""
+import torch
+
+EPS = torch.finfo(torch.float32).eps
+
+
+def positive(step):
+    """max(|step|, eps) with the gradient passed through the clamp: the step size stays positive and never stalls."""
+    magnitude = step.abs()
+    return magnitude + (magnitude.clamp(min=EPS) - magnitude).detach()
+
+
+def grad_scaled(t, factor: float):
+    """``t`` in the forward pass; its gradient multiplied by ``factor`` in the backward pass."""
+    scaled = t * factor
+    return scaled + (t - scaled).detach()
+
+
+def channel_view(step, x):
+    """A per-tensor step (shape (1,)) as is; a per-channel step (shape (C,)) viewed along dim 0 of ``x``."""
+    return step if step.numel() == 1 else step.reshape(-1, *([1] * (x.dim() - 1)))
+
+
+class _UniformFakeQuantize(torch.autograd.Function):
+    """Forward clamp(round(x/s), Qn, Qp)·s; backward STE for in-range x and the step-size gradient of LSQ / TQT."""
+
+    @staticmethod
+    def forward(ctx, x, step, qmin, qmax, grad_factor, range_on_rounded):
+        ctx.save_for_backward(x, step)
+        ctx.qrange, ctx.grad_factor, ctx.range_on_rounded = (qmin, qmax), grad_factor, range_on_rounded
+        s = channel_view(step, x)
+        return torch.round(x / s).clamp_(qmin, qmax).mul_(s)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, step = ctx.saved_tensors
+        qmin, qmax = ctx.qrange
+        v = x / channel_view(step, x)
+        q = torch.round(v)
+        ref = q if ctx.range_on_rounded else v
+        inside = (ref >= qmin) & (ref <= qmax)
+        grad_x = grad_step = None
+        if ctx.needs_input_grad[0]:
+            grad_x = torch.where(inside, grad_out, 0.0)
+        if ctx.needs_input_grad[1]:
+            q.clamp_(qmin, qmax)
+            d_out_d_step = torch.where(inside, q - v, q)  # round(v) - v inside the range, Qn or Qp outside it
+            if step.numel() == 1:
+                grad_step = torch.dot(grad_out.reshape(-1), d_out_d_step.reshape(-1)).reshape(step.shape)
+            else:
+                grad_step = (grad_out * d_out_d_step).sum(dim=tuple(range(1, x.dim())))
+            grad_step = grad_step * ctx.grad_factor
+        return grad_x, grad_step, None, None, None, None
+
+
+def fake_quantize(x, step, qmin: int, qmax: int, grad_factor: float = 1.0, range_on_rounded: bool = False):
+    """Fake-quantize ``x`` with positive ``step`` ((1,), or (C,) along dim 0) onto [qmin, qmax]; STE for x in range, LSQ's
+    step gradient times ``grad_factor``; "in range" tests x/s, or round(x/s) with ``range_on_rounded`` (TQT)."""
+    return _UniformFakeQuantize.apply(x, step, qmin, qmax, grad_factor, range_on_rounded)

@@ -1,0 +1,72 @@
+"""Fake-quantized convolutions: subclasses of nn.Conv2d and Detectron2's Conv2d with the same parameters."""
+import torch
+from detectron2.layers import Conv2d as D2Conv2d
+from detectron2.layers import FrozenBatchNorm2d
+from torch import nn
+
+from ..errors import HQODInputError
+
+
+def _pick(quantizer, call: int):
+    return quantizer[call % len(quantizer)] if isinstance(quantizer, nn.ModuleList) else quantizer
+
+
+class QuantConvMixin:
+    """Fake-quantizes weight and input, then convolves; Detectron2's norm and activation run as before (BN folded into the
+    weight with ``fold_bn``). A ModuleList of quantizers is indexed by the call number (FPN level) in the model forward."""
+
+    def attach_quantizers(self, weight_quant: nn.Module, input_quant: nn.Module, fold_bn: bool = False):
+        self.weight_quant = weight_quant
+        self.input_quant = input_quant
+        self.fold_bn = fold_bn
+        self.calls = 0
+
+    def forward(self, x):
+        call, self.calls = self.calls, self.calls + 1
+        weight, bias = self._folded() if self.fold_bn else (self.weight, self.bias)
+        x = self._conv_forward(_pick(self.input_quant, call)(x), _pick(self.weight_quant, call)(weight), bias)
+        norm, activation = getattr(self, "norm", None), getattr(self, "activation", None)
+        if norm is not None and not self.fold_bn:
+            x = norm(x)
+        return activation(x) if activation is not None else x
+
+    def _folded(self):
+        bn = self.norm
+        gamma = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
+        bias = bn.bias - bn.running_mean * gamma
+        if self.bias is not None:
+            bias = bias + self.bias * gamma
+        return self.weight * gamma.reshape(-1, 1, 1, 1), bias
+
+
+class QuantConv2d(QuantConvMixin, nn.Conv2d):
+    """Fake-quantized ``torch.nn.Conv2d``."""
+
+
+class QuantD2Conv2d(QuantConvMixin, D2Conv2d):
+    """Fake-quantized ``detectron2.layers.Conv2d`` (keeps its norm and activation)."""
+
+
+_QUANT_CLASSES = {nn.Conv2d: QuantConv2d, D2Conv2d: QuantD2Conv2d}
+
+
+def quant_class(cls):
+    """The fake-quantized subclass of conv class ``cls`` (created once for subclasses that keep the base forward)."""
+    if cls not in _QUANT_CLASSES:
+        if cls.forward not in (nn.Conv2d.forward, D2Conv2d.forward):
+            raise HQODInputError(f"cannot quantize {cls.__module__}.{cls.__qualname__}: it overrides Conv2d.forward")
+        _QUANT_CLASSES[cls] = type(f"Quant{cls.__name__}", (QuantConvMixin, cls), {"__module__": __name__})
+    return _QUANT_CLASSES[cls]
+
+
+def can_fold_bn(conv) -> bool:
+    """Whether ``conv`` carries an affine BatchNorm that ``fold_bn`` can fold."""
+    norm = getattr(conv, "norm", None)
+    return isinstance(norm, (nn.BatchNorm2d, FrozenBatchNorm2d)) and getattr(norm, "weight", None) is not None
+
+
+def reset_call_counters(model, inputs=None):
+    """Forward pre-hook of the converted model: the next call of each conv is call 0 (the first FPN level)."""
+    for module in model.modules():
+        if isinstance(module, QuantConvMixin):
+            module.calls = 0

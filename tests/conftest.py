@@ -1,0 +1,25 @@
+"""Shared fixtures: a small COCO-format subset of the built-in shapes validation set for quick evaluations."""
+import json
+import pathlib
+
+import hqod  # noqa: F401
+import pytest
+from detectron2.data import MetadataCatalog
+
+from hqod.data import validate_dataset
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def tiny_shapes_val(tmp_path_factory):
+    """``name:json:image_root`` of the first 8 images of ``hqod_shapes_val``, for DATASETS.COCO_FORMAT."""
+    validate_dataset("hqod_shapes_val")  # builds the cached set if needed
+    meta = MetadataCatalog.get("hqod_shapes_val")
+    coco = json.loads(pathlib.Path(meta.json_file).read_text())
+    keep = {img["id"] for img in coco["images"][:8]}
+    coco["images"] = [img for img in coco["images"] if img["id"] in keep]
+    coco["annotations"] = [a for a in coco["annotations"] if a["image_id"] in keep]
+    path = tmp_path_factory.mktemp("tiny") / "tiny_shapes_val.json"
+    path.write_text(json.dumps(coco))
+    return f"tiny_shapes_val:{path}:{meta.image_root}"

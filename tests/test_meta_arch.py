@@ -1,0 +1,174 @@
+"""HQODRetinaNet / HQODFCOS: HQOD loss entries, gradients to both branches, zero positives, exact base losses at
+weight 0, runtime weights, harmony logging and config errors; tiny R18 models on 128x128 random CPU images."""
+import hqod  # noqa: F401  (before any detectron2 import)
+import pytest
+import torch
+from detectron2.config import get_cfg
+from detectron2.modeling import build_model
+from detectron2.structures import Boxes, Instances
+from detectron2.structures.boxes import matched_pairwise_iou
+from detectron2.utils.events import EventStorage
+
+from hqod.config import add_hqod_config
+from hqod.errors import HQODInputError
+from hqod.modeling.hqod_mixin import _aligned_iou, check_hqod_config
+
+HQOD_KEYS = ("loss_tcorr", "loss_hiou")
+ARCHS = {"HQODRetinaNet": "RetinaNet", "HQODFCOS": "FCOS"}
+
+
+def tiny_cfg(meta_arch, **hqod):
+    cfg = get_cfg()
+    add_hqod_config(cfg)
+    cfg.MODEL.META_ARCHITECTURE = meta_arch
+    cfg.MODEL.DEVICE = "cpu"
+    cfg.MODEL.WEIGHTS = ""
+    cfg.MODEL.BACKBONE.NAME = "build_retinanet_resnet_fpn_backbone"
+    cfg.MODEL.RESNETS.DEPTH = 18
+    cfg.MODEL.RESNETS.RES2_OUT_CHANNELS = 64
+    cfg.MODEL.RESNETS.NORM = "BN"
+    cfg.MODEL.RESNETS.OUT_FEATURES = ["res3", "res4", "res5"]
+    cfg.MODEL.FPN.IN_FEATURES = ["res3", "res4", "res5"]
+    cfg.MODEL.FPN.OUT_CHANNELS = 32
+    cfg.MODEL.RETINANET.NUM_CLASSES = 3
+    cfg.MODEL.RETINANET.NUM_CONVS = 1
+    if "FCOS" in cfg.MODEL:
+        cfg.MODEL.FCOS.NUM_CLASSES = 3
+        cfg.MODEL.FCOS.NUM_CONVS = 1
+    for key, value in hqod.items():
+        cfg.MODEL.HQOD[key] = value
+    return cfg
+
+
+def tiny_model(meta_arch, seed=0, **hqod):
+    torch.manual_seed(seed)
+    return build_model(tiny_cfg(meta_arch, **hqod)).train()
+
+
+def tiny_batch(num_boxes=(2, 1), seed=0):
+    g = torch.Generator().manual_seed(seed)
+    batch = []
+    for n in num_boxes:
+        inst = Instances((128, 128))
+        xy = torch.rand(n, 2, generator=g) * 60
+        wh = 20 + torch.rand(n, 2, generator=g) * 40
+        inst.gt_boxes = Boxes(torch.cat([xy, xy + wh], dim=1))
+        inst.gt_classes = torch.randint(0, 3, (n,), generator=g)
+        image = torch.randint(0, 256, (3, 128, 128), generator=g).float()
+        batch.append({"image": image, "instances": inst, "height": 128, "width": 128})
+    return batch
+
+
+def run_losses(model, batch):
+    with EventStorage() as storage:
+        losses = model(batch)
+    return losses, storage
+
+
+@pytest.fixture(params=list(ARCHS))
+def arch(request):
+    return request.param
+
+
+def test_loss_entries_finite_and_training_steps(arch):
+    model = tiny_model(arch)
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
+    for step in range(3):
+        losses, storage = run_losses(model, tiny_batch(seed=step))
+        assert set(HQOD_KEYS) <= set(losses)
+        assert all(torch.isfinite(v) for v in losses.values())
+        assert losses["loss_tcorr"] > 0 and losses["loss_hiou"] > 0
+        optimizer.zero_grad()
+        sum(losses.values()).backward()
+        optimizer.step()
+    scalars = storage.latest()
+    assert 0 <= scalars["hqod/rho_mean"][0] <= 1 and -1 <= scalars["hqod/pearson_pu"][0] <= 1
+
+
+def test_hqod_gradients_reach_cls_and_box_branches(arch):
+    model = tiny_model(arch)
+    losses, _ = run_losses(model, tiny_batch())
+    (losses["loss_tcorr"] + losses["loss_hiou"]).backward()
+    for param in (model.head.cls_score.weight, model.head.bbox_pred.weight):
+        assert param.grad is not None and param.grad.abs().sum() > 0
+
+
+def test_quantized_model_gets_hqod_gradients():
+    from hqod.quantization import calibrate, convert_to_qat
+
+    cfg = tiny_cfg("HQODRetinaNet")
+    cfg.MODEL.QUANT.WEIGHT_BITS = cfg.MODEL.QUANT.ACT_BITS = 8
+    torch.manual_seed(0)
+    model = convert_to_qat(build_model(cfg), cfg)
+    calibrate(model, [tiny_batch()], 2)
+    losses, _ = run_losses(model.train(), tiny_batch(seed=1))
+    assert all(torch.isfinite(v) for v in losses.values())
+    (losses["loss_tcorr"] + losses["loss_hiou"]).backward()
+    for param in (model.head.cls_score.weight, model.head.bbox_pred.weight):
+        assert param.grad is not None and param.grad.abs().sum() > 0
+
+
+def test_zero_positives_give_zero_hqod_losses():
+    model = tiny_model("HQODRetinaNet")
+    losses, _ = run_losses(model, tiny_batch(num_boxes=(0, 0)))
+    assert all(losses[k] == 0 for k in HQOD_KEYS)
+    assert torch.isfinite(sum(losses.values()))
+    sum(losses.values()).backward()
+
+
+def test_zero_weights_give_exactly_the_base_losses(arch):
+    base = tiny_model(ARCHS[arch])
+    model = tiny_model(arch, TCORR_WEIGHT=0.0, HIOU_WEIGHT=0.0)
+    model.load_state_dict(base.state_dict())
+    batch = tiny_batch()
+    base_losses, _ = run_losses(base, batch)
+    losses, _ = run_losses(model, batch)
+    assert set(losses) == set(base_losses) | set(HQOD_KEYS)
+    for key, value in base_losses.items():
+        assert torch.equal(losses[key], value), key
+    assert all(losses[k] == 0 for k in HQOD_KEYS)
+
+
+def test_weights_are_read_at_every_step():
+    model = tiny_model("HQODRetinaNet")
+    anchors = [Boxes(torch.tensor([[0.0, 0.0, 32.0, 32.0], [16.0, 16.0, 64.0, 48.0]]))]
+    logits = [torch.randn(1, 2, 3)]
+    deltas = [torch.randn(1, 2, 4) * 0.1]
+    labels = [torch.tensor([1, 3])]  # one positive of class 1, one background
+    gt = [torch.tensor([[2.0, 1.0, 30.0, 34.0], [0.0, 0.0, 0.0, 0.0]])]
+    first = model.hqod_losses(anchors, logits, labels, deltas, gt, normalizer=1.0)
+    model.tcorr_weight, model.hiou_weight = 2.0, 0.0
+    second = model.hqod_losses(anchors, logits, labels, deltas, gt, normalizer=1.0)
+    torch.testing.assert_close(second["loss_tcorr"], 2 * first["loss_tcorr"])
+    assert first["loss_hiou"] > 0 and second["loss_hiou"] == 0
+
+
+def test_aligned_iou_matches_detectron2():
+    a = torch.tensor([[0.0, 0.0, 10.0, 10.0], [5.0, 5.0, 15.0, 25.0], [0.0, 0.0, 1.0, 1.0]])
+    b = torch.tensor([[5.0, 0.0, 15.0, 10.0], [5.0, 5.0, 15.0, 25.0], [2.0, 2.0, 3.0, 3.0]])
+    torch.testing.assert_close(_aligned_iou(a, b), matched_pairwise_iou(Boxes(a), Boxes(b)))
+
+
+@pytest.mark.parametrize(
+    "key,value", [("TCORR_WEIGHT", -0.1), ("HIOU_WEIGHT", -1.0), ("HIOU_ALPHA", 0.0), ("HIOU_ALPHA", -1.5)]
+)
+def test_bad_values_raise_at_build(key, value):
+    with pytest.raises(HQODInputError, match=f"MODEL.HQOD.{key}"):
+        build_model(tiny_cfg("HQODRetinaNet", **{key: value}))
+
+
+def test_hqod_keys_on_a_plain_meta_arch_raise():
+    check_hqod_config(tiny_cfg("RetinaNet"))  # defaults: fine
+    with pytest.raises(HQODInputError, match="MODEL.HQOD.TCORR_WEIGHT=0.5 set but MODEL.META_ARCHITECTURE=RetinaNet"):
+        check_hqod_config(tiny_cfg("RetinaNet", TCORR_WEIGHT=0.5))
+    cfg = tiny_cfg("FCOS")
+    cfg.MODEL.HQOD.WEIGHT_SCHEDULE.TYPE = "linear"  # nested keys (of the schedule hooks) are checked too
+    with pytest.raises(HQODInputError, match="MODEL.HQOD.WEIGHT_SCHEDULE.TYPE=linear set but"):
+        check_hqod_config(cfg)
+
+
+def test_missing_hqod_keys_raise():
+    cfg = get_cfg()
+    cfg.MODEL.META_ARCHITECTURE = "HQODRetinaNet"
+    with pytest.raises(HQODInputError, match="add_hqod_config"):
+        check_hqod_config(cfg)

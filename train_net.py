@@ -1,0 +1,53 @@
+#!/usr/bin/env python
+"""Train or evaluate full-precision and quantized (HQOD) RetinaNet/FCOS detectors with Detectron2.
+
+    python train_net.py --config-file configs/hqod_retinanet_4bit.yaml --num-gpus 8
+    python train_net.py --config-file CONFIG --eval-only MODEL.WEIGHTS output/model_final.pth
+
+Without CUDA, ``--num-gpus N`` starts N CPU worker processes over gloo.
+"""
+import sys
+
+import hqod  # noqa: F401  (Detectron2 compatibility measures and registrations come first)
+import torch
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.engine import default_argument_parser, default_setup
+from detectron2.utils import comm
+
+from hqod.engine import HQODTrainer, launch, setup_cfg
+from hqod.engine.trainer import summarize_results
+from hqod.errors import HQODInputError
+
+
+def setup(args):
+    cfg = setup_cfg(args.config_file, args.opts, validate_data=False)  # validated before launch
+    default_setup(cfg, args)
+    if not torch.cuda.is_available():
+        torch.set_num_threads(max(1, torch.get_num_threads() // comm.get_local_size()))
+    return cfg
+
+
+def main(args):
+    cfg = setup(args)
+    if args.eval_only:
+        model = HQODTrainer.build_model(cfg)
+        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
+        results = HQODTrainer.test(cfg, model)
+    else:
+        trainer = HQODTrainer(cfg)
+        trainer.resume_or_load(resume=args.resume)
+        results = trainer.train()
+    if comm.is_main_process():
+        print(summarize_results(cfg, results), flush=True)
+    return results
+
+
+if __name__ == "__main__":
+    args = default_argument_parser().parse_args()
+    try:
+        setup_cfg(args.config_file, args.opts)  # reject bad input before any worker starts
+    except HQODInputError as e:
+        sys.exit(f"error: {e}")
+    print("Command Line Args:", args)
+    launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
+           dist_url=args.dist_url, args=(args,))
