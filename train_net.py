@@ -10,13 +10,14 @@ import sys
 
 import hqod  # noqa: F401  (Detectron2 compatibility measures and registrations come first)
 import torch
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.engine import default_argument_parser, default_setup
 from detectron2.utils import comm
 
 from hqod.engine import HQODTrainer, launch, setup_cfg
+from hqod.engine.checkpoint import HQODCheckpointer, check_weights_file
 from hqod.engine.trainer import summarize_results
 from hqod.errors import HQODInputError
+from hqod.quantization import is_calibrated, is_quantized
 
 
 def setup(args):
@@ -31,7 +32,10 @@ def main(args):
     cfg = setup(args)
     if args.eval_only:
         model = HQODTrainer.build_model(cfg)
-        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
+        HQODCheckpointer(model, save_dir=cfg.OUTPUT_DIR, cfg=cfg).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
+        if is_quantized(model) and not is_calibrated(model):
+            raise HQODInputError("--eval-only of a QAT config needs a QAT checkpoint in MODEL.WEIGHTS (its quantizers "
+                                 "are not initialised); pass the model_final.pth of a QAT run")
         results = HQODTrainer.test(cfg, model)
     else:
         trainer = HQODTrainer(cfg)
@@ -45,9 +49,9 @@ def main(args):
 if __name__ == "__main__":
     args = default_argument_parser().parse_args()
     try:
-        setup_cfg(args.config_file, args.opts)  # reject bad input before any worker starts
+        check_weights_file(setup_cfg(args.config_file, args.opts))  # bad input fails before any worker starts
+        print("Command Line Args:", args)
+        launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
+               dist_url=args.dist_url, args=(args,))
     except HQODInputError as e:
         sys.exit(f"error: {e}")
-    print("Command Line Args:", args)
-    launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
-           dist_url=args.dist_url, args=(args,))

@@ -18,7 +18,8 @@ from detectron2.utils.file_io import PathManager
 from hqod.config import add_hqod_config
 from hqod.errors import HQODInputError
 from hqod.modeling.backbone import imagenet_weights
-from hqod.modeling.backbone.torchvision_mobilenetv2 import PREFIX, convert_state_dict, torchvision_key_map
+from hqod.modeling.backbone.torchvision_mobilenetv2 import (PREFIX, convert_state_dict, reference_body,
+                                                             torchvision_key_map)
 from hqod.utils.assets import cache_dir, sha256_of
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -68,7 +69,7 @@ def test_imagenet_weights_load_every_key(norm):
     local = PathManager.get_local_path(WEIGHTS)
     tv = torchvision_state_dict()
     assert sha256_of(torchvision_file()) == imagenet_weights.TORCHVISION_SHA256
-    mapping = torchvision_key_map()
+    mapping = torchvision_key_map(reference_body())
     body_keys = {k for k in model.state_dict() if k.startswith(PREFIX) and not k.endswith("num_batches_tracked")}
     tv_keys = {k for k in tv if k.startswith("features.") and not k.endswith("num_batches_tracked")}
     assert set(mapping) == tv_keys and len(set(mapping.values())) == len(mapping)  # each torchvision key used once
@@ -155,14 +156,18 @@ def test_fpn_top_block_input_and_freeze_at():
         build("quickstart_retinanet_mnv2_shapes.yaml", "MODEL.MOBILENETV2.NORM", "GN")
 
 
-def test_every_config_merges():
-    configs = sorted((ROOT / "configs").rglob("*.yaml"))
-    assert len(configs) >= 14
+@pytest.mark.parametrize("arch", ["RetinaNet", "FCOS"])
+def test_float_configs_merge(arch):
+    name = arch.lower()
+    configs = [f"Base-{arch}.yaml", f"Base-{arch}-MNV2.yaml", f"quickstart_{name}_mnv2_shapes.yaml",
+               f"deepforest/{name}_MNV2_FPN_fp32.yaml"]
+    configs += [f"COCO/{name}_{backbone}_FPN_fp32.yaml" for backbone in ("R50", "R18", "MNV2")]
     for config in configs:
-        cfg = load_cfg(config.relative_to(ROOT / "configs"))
-        assert cfg.MODEL.META_ARCHITECTURE in ("RetinaNet", "FCOS")
-        if "mnv2" in config.name.lower():
+        cfg = load_cfg(config)
+        assert cfg.MODEL.META_ARCHITECTURE == arch
+        if "mnv2" in config.lower():
             assert cfg.MODEL.WEIGHTS == WEIGHTS and cfg.INPUT.FORMAT == "RGB"
+            assert cfg.MODEL.BACKBONE.NAME == "build_mobilenetv2_fpn_backbone"
 
 
 def _cache_with_wheel(tmp_path, monkeypatch):
@@ -198,6 +203,6 @@ def test_converter_cli(tmp_path):
         main([str(tmp_path / "absent.pth"), str(tmp_path / "out.pth")])
     main([str(torchvision_file()), str(tmp_path / "out.pth")])
     converted = torch.load(tmp_path / "out.pth", weights_only=True)["model"]
-    assert set(converted) == set(torchvision_key_map().values())
+    assert set(converted) == set(torchvision_key_map(reference_body()).values())
     with pytest.raises(HQODInputError, match="not a torchvision MobileNetV2"):
         convert_state_dict({"features.0.0.weight": torch.zeros(1)})

@@ -28,7 +28,8 @@ def grid_inputs(step, qmin, qmax, shape, seed=0):
     """x = s·(k + f), k an integer in [Qn-3, Qp+3], 0.05 <= |f| <= 0.45: x/s is never near a rounding boundary."""
     g = torch.Generator().manual_seed(seed)
     k = torch.randint(qmin - 3, qmax + 4, shape, generator=g).double()
-    f = (torch.rand(shape, generator=g, dtype=torch.float64) * 0.4 + 0.05) * (torch.randint(0, 2, shape, generator=g) * 2 - 1)
+    sign = torch.randint(0, 2, shape, generator=g) * 2 - 1
+    f = (torch.rand(shape, generator=g, dtype=torch.float64) * 0.4 + 0.05) * sign
     return ((k + f) * channel(step, k)).float()
 
 

@@ -50,7 +50,7 @@ def _add_fcos_config(cfg):
     cfg.MODEL.FCOS.IN_FEATURES = ["p3", "p4", "p5", "p6", "p7"]
     # 3x3 convs (of the FPN's width) in each of the classification and box towers; at least 1.
     cfg.MODEL.FCOS.NUM_CONVS = 4
-    # Norm after each tower conv: "GN", "BN" (per-level statistics), "SyncBN" or "" (none).
+    # Norm after each tower conv: "GN" (32 groups), "BN" (per-level statistics), "SyncBN" or "" (none).
     cfg.MODEL.FCOS.HEAD_NORM = "GN"
     # Initial foreground probability of the classification logits (sets their bias).
     cfg.MODEL.FCOS.PRIOR_PROB = 0.01
@@ -126,3 +126,27 @@ def _add_schedule_config(cfg):
     cfg.MODEL.HQOD.WEIGHT_SCHEDULE.START_FACTOR = 0.0
     cfg.MODEL.HQOD.WEIGHT_SCHEDULE.START_ITER = 0
     cfg.MODEL.HQOD.WEIGHT_SCHEDULE.END_ITER = 0
+    # Quantizer schedule (hqod.engine.hooks.QuantScheduler); the defaults are the authors' static QAT.
+    cfg.MODEL.QUANT.SCHEDULE = CN()
+    # Iteration from which fake quantization is on (before it the calibrated model trains in full precision).
+    cfg.MODEL.QUANT.SCHEDULE.FAKE_QUANT_START_ITER = 0
+    # Until this iteration observers keep running during training and re-derive every step size each iteration;
+    # 0: observers freeze when calibration ends (the authors' setting).
+    cfg.MODEL.QUANT.SCHEDULE.OBSERVER_FREEZE_ITER = 0
+    # From this iteration BatchNorm running statistics are frozen (BN layers in eval mode); -1: never.
+    cfg.MODEL.QUANT.SCHEDULE.BN_FREEZE_ITER = -1
+    # DSQ alpha annealing ("constant" keeps MODEL.QUANT.DSQ_ALPHA and lets it be learned if DSQ_LEARN_ALPHA).
+    cfg.MODEL.QUANT.SCHEDULE.DSQ_ALPHA = CN()
+    cfg.MODEL.QUANT.SCHEDULE.DSQ_ALPHA.TYPE = "constant"      # "constant", "linear" or "cosine"
+    cfg.MODEL.QUANT.SCHEDULE.DSQ_ALPHA.START_ITER = 0
+    cfg.MODEL.QUANT.SCHEDULE.DSQ_ALPHA.END_ITER = 0
+    cfg.MODEL.QUANT.SCHEDULE.DSQ_ALPHA.END_VALUE = 0.05       # alpha at END_ITER (starts at MODEL.QUANT.DSQ_ALPHA)
+    # Progressive bit widths: "iteration:weight_bits:act_bits" entries, e.g. ["0:8:8", "2000:6:6", "4000:4:4"]; from
+    # each iteration on, every quantizer at the configured WEIGHT_BITS/ACT_BITS (not the 8-bit first/last layers)
+    # uses these bits, its step size rescaled to keep its clipping range. Must end at WEIGHT_BITS/ACT_BITS; []: off.
+    cfg.MODEL.QUANT.SCHEDULE.BITS = []
+    # Optimizer group of the quantizers' own parameters (step sizes, DSQ alpha, TQT thresholds).
+    # Learning rate of that group = SOLVER.BASE_LR x this factor.
+    cfg.SOLVER.QUANT_LR_FACTOR = 1.0
+    # Its weight decay; -1: SOLVER.WEIGHT_DECAY, as in the authors' code (which decays the LSQ scales too).
+    cfg.SOLVER.QUANT_WEIGHT_DECAY = -1.0

@@ -10,6 +10,8 @@ from ..config import add_hqod_config
 from ..data import check_datasets_exist, register_coco_format_datasets, validate_dataset
 from ..errors import HQODInputError
 from ..modeling.hqod_mixin import check_hqod_config
+from .hooks import check_quant_schedule
+from .schedules import check_ramp
 
 
 def setup_cfg(config_file: str, opts=(), validate_data: bool = True):
@@ -41,6 +43,9 @@ def setup_cfg(config_file: str, opts=(), validate_data: bool = True):
         logging.getLogger(__name__).warning("CUDA is not available: running on the CPU (MODEL.DEVICE cpu)")
         cfg.MODEL.DEVICE = "cpu"
     check_hqod_config(cfg)
+    sched = cfg.MODEL.HQOD.WEIGHT_SCHEDULE
+    check_ramp("MODEL.HQOD.WEIGHT_SCHEDULE", sched.TYPE, sched.START_ITER, sched.END_ITER)
+    check_quant_schedule(cfg)
     _check_weights_path(cfg.MODEL.WEIGHTS)
     register_coco_format_datasets(cfg)
     names = list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST)

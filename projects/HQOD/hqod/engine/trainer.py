@@ -1,17 +1,37 @@
-"""``HQODTrainer``: Detectron2's ``DefaultTrainer`` with the project's evaluators (and, later, QAT and HQOD hooks)."""
+"""``HQODTrainer``: Detectron2's ``DefaultTrainer`` for full-precision and quantization-aware (HQOD) training."""
 import logging
 import os
+import weakref
 
-from detectron2.data import MetadataCatalog
+from detectron2.data import MetadataCatalog, build_detection_train_loader
 from detectron2.engine import DefaultTrainer
 from detectron2.evaluation import COCOEvaluator, DatasetEvaluators, PascalVOCDetectionEvaluator
+from detectron2.modeling import build_model
+from detectron2.utils import comm
 
 from .. import compat
 from ..evaluation import HarmonyEvaluator
+from ..quantization import convert_to_qat
+from .checkpoint import HQODCheckpointer
+from .hooks import HQODLossWeightScheduler, QuantCalibration, QuantScheduler
+from .optimizer import build_optimizer
 
 
 class HQODTrainer(DefaultTrainer):
-    """Trains and evaluates full-precision or quantized RetinaNet/FCOS detectors."""
+    """Builds (and, with MODEL.QUANT.ENABLED, converts) the detector, calibrates it before the first iteration,
+    runs the quantizer and HQOD-weight schedules, checkpoints atomically and evaluates AP plus harmony."""
+
+    @classmethod
+    def build_model(cls, cfg):
+        model = build_model(cfg)
+        if cfg.MODEL.QUANT.ENABLED:
+            convert_to_qat(model, cfg)
+        logging.getLogger(__name__).info("Model:\n%s", model)
+        return model
+
+    @classmethod
+    def build_optimizer(cls, cfg, model):
+        return build_optimizer(cfg, model)
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
@@ -27,13 +47,29 @@ class HQODTrainer(DefaultTrainer):
         evaluators.append(HarmonyEvaluator(dataset_name, output_dir=output_folder))
         return DatasetEvaluators(evaluators)
 
+    def build_hooks(self):
+        cfg = self.cfg
+        self.checkpointer = HQODCheckpointer(self.model, cfg.OUTPUT_DIR, cfg=cfg, trainer=weakref.proxy(self))
+        schedule_hooks = [HQODLossWeightScheduler(cfg)]
+        if cfg.MODEL.QUANT.ENABLED:
+            schedule_hooks = [QuantCalibration(lambda: self.build_calibration_loader(cfg),
+                                               cfg.MODEL.QUANT.CALIB_IMAGES),
+                              QuantScheduler(cfg)] + schedule_hooks
+        return schedule_hooks + super().build_hooks()
+
+    @classmethod
+    def build_calibration_loader(cls, cfg):
+        """The training pipeline (augmentation included) with one image per process, as the authors calibrated."""
+        cfg = cfg.clone()
+        cfg.defrost()
+        cfg.SOLVER.IMS_PER_BATCH = comm.get_world_size()
+        cfg.DATALOADER.NUM_WORKERS = 0
+        return build_detection_train_loader(cfg)
+
     def train(self):
         """Train, then return the last evaluation results (``None`` when no evaluation ran)."""
         super().train()
-        results = getattr(self, "_last_eval_results", None)
-        if results:
-            logging.getLogger(__name__).info("Final evaluation: %s", dict(results))
-        return results
+        return getattr(self, "_last_eval_results", None)
 
 
 def summarize_results(cfg, results) -> str:

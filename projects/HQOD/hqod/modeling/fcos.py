@@ -16,7 +16,8 @@ from ..errors import HQODInputError
 
 
 def group_norm(channels):
-    """``"GN"`` (32 groups) as a callable: v0.6's RetinaNetHead probes ``get_norm("GN", 1)``, which torch rejects."""
+    """``"GN"`` as a callable: 32 groups, fewer where 32 does not divide ``channels`` (v0.6's RetinaNetHead probes
+    ``get_norm(norm, 1)``, which torch rejects for the string ``"GN"``)."""
     return nn.GroupNorm(math.gcd(32, channels), channels)
 
 

@@ -20,8 +20,8 @@ def quant_range(bits: int, signed: bool):
 
 
 class FakeQuantizer(nn.Module):
-    """Fake quantizer on a b-bit grid, per tensor or per output channel; ``signed=None``: signed iff a calibration input
-    was negative on any rank. Fake quantization (the default mode) raises until calibrated or loaded from a QAT state."""
+    """Fake quantizer on a b-bit grid, per tensor or per output channel; ``signed=None``: signed iff a calibration
+    input was negative on any rank. Fake quantization (default mode) raises until calibrated or loaded from QAT."""
 
     algorithm = ""
 
@@ -92,4 +92,5 @@ class FakeQuantizer(nn.Module):
     def extra_repr(self):
         signed = "auto" if self.auto_signed and not bool(self.initialized) else str(bool(self.signed))
         granularity = f"per-channel({self.channels})" if self.channels else "per-tensor"
-        return f"{self.algorithm}, bits={self.bits}, signed={signed}, {granularity}, initialized={bool(self.initialized)}"
+        initialized = bool(self.initialized)
+        return f"{self.algorithm}, bits={self.bits}, signed={signed}, {granularity}, initialized={initialized}"

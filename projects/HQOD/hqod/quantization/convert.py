@@ -22,8 +22,8 @@ logger = logging.getLogger(__name__)
 
 
 def convert_to_qat(model, cfg, example_inputs=None):
-    """Fake-quantize weight and input of every nn.Conv2d of ``model`` in place per cfg.MODEL.QUANT (ENABLED not read); an eval
-    dry run on ``example_inputs`` (default: a blank 256x256 image) finds the stem and the convs run once per FPN level."""
+    """Fake-quantize weight and input of every nn.Conv2d of ``model`` in place per cfg.MODEL.QUANT (ENABLED unread);
+    an eval dry run on ``example_inputs`` (default: a blank 256² image) finds the stem and per-FPN-level convs."""
     qcfg = cfg.MODEL.QUANT
     if is_quantized(model):
         raise HQODInputError("convert_to_qat got a model that is already converted to QAT")
@@ -79,7 +79,8 @@ def parse_overrides(overrides):
         try:
             pattern, weight_bits, act_bits = parts[0], int(parts[1]), int(parts[2])
         except (IndexError, ValueError):
-            raise HQODInputError(f"MODEL.QUANT.OVERRIDES entry {item!r} is not 'pattern:weight_bits:act_bits'") from None
+            raise HQODInputError(
+                f"MODEL.QUANT.OVERRIDES entry {item!r} is not 'pattern:weight_bits:act_bits'") from None
         what = f"bits in MODEL.QUANT.OVERRIDES entry {item!r}"
         parsed.append((pattern, check_bits(weight_bits, what), check_bits(act_bits, what)))
     return parsed

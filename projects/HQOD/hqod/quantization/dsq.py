@@ -16,8 +16,8 @@ def _check_alpha(alpha) -> float:
 
 
 class DSQQuantizer(FakeQuantizer):
-    """DSQ: hard rounding forward, gradient through φ(v) = ⌊v⌋ + 0.5 + 0.5·tanh(k(v-⌊v⌋-0.5))/(1-α), k = ln(2/α-1), v = clamp(x/s,
-    Qn, Qp); α in (0, 0.5] learned or set by ``set_alpha``; s trained as LSQ's (max(|s|, eps), gradient x 1/sqrt(N·Qp))."""
+    """DSQ: hard-rounded forward, gradient through φ(v) = ⌊v⌋ + 0.5 + 0.5·tanh(k(v-⌊v⌋-0.5))/(1-α), k = ln(2/α-1),
+    v = clamp(x/s, Qn, Qp); α learned or set by ``set_alpha``; s trained as LSQ's (max(|s|, eps), grad·1/sqrt(N·Qp))."""
 
     algorithm = "DSQ"
 

@@ -39,21 +39,20 @@ class _UniformFakeQuantize(torch.autograd.Function):
         q = torch.round(v)
         ref = q if ctx.range_on_rounded else v
         inside = (ref >= qmin) & (ref <= qmax)
-        grad_x = grad_step = None
-        if ctx.needs_input_grad[0]:
-            grad_x = torch.where(inside, grad_out, 0.0)
+        grad_x = torch.where(inside, grad_out, 0.0)
+        grad_step = None
         if ctx.needs_input_grad[1]:
+            # d(out)/ds = clamp(round(v)) - v inside the range, Qn or Qp outside: sum dy·q - sum_inside dy·v
             q.clamp_(qmin, qmax)
-            d_out_d_step = torch.where(inside, q - v, q)  # round(v) - v inside the range, Qn or Qp outside it
             if step.numel() == 1:
-                grad_step = torch.dot(grad_out.reshape(-1), d_out_d_step.reshape(-1)).reshape(step.shape)
+                grad_step = torch.dot(grad_out.reshape(-1), q.reshape(-1)) - torch.dot(grad_x.reshape(-1), v.reshape(-1))
             else:
-                grad_step = (grad_out * d_out_d_step).sum(dim=tuple(range(1, x.dim())))
-            grad_step = grad_step * ctx.grad_factor
+                grad_step = (grad_out * q - grad_x * v).sum(dim=tuple(range(1, x.dim())))
+            grad_step = grad_step.reshape(step.shape) * ctx.grad_factor
         return grad_x, grad_step, None, None, None, None
 
 
 def fake_quantize(x, step, qmin: int, qmax: int, grad_factor: float = 1.0, range_on_rounded: bool = False):
-    """Fake-quantize ``x`` with positive ``step`` ((1,), or (C,) along dim 0) onto [qmin, qmax]; STE for x in range, LSQ's
-    step gradient times ``grad_factor``; "in range" tests x/s, or round(x/s) with ``range_on_rounded`` (TQT)."""
+    """Fake-quantize ``x`` with positive ``step`` ((1,), or (C,) along dim 0) onto [qmin, qmax]; STE for x in range,
+    LSQ's step gradient times ``grad_factor``; "in range" tests x/s, or round(x/s) if ``range_on_rounded`` (TQT)."""
     return _UniformFakeQuantize.apply(x, step, qmin, qmax, grad_factor, range_on_rounded)

@@ -9,8 +9,8 @@ from .fake_quant import fake_quantize, positive
 
 
 class LSQQuantizer(FakeQuantizer):
-    """LSQ: x̂ = clamp(round(x/s), Qn, Qp)·s, STE where Qn <= x/s <= Qp, the paper's gradient of s times g = 1/sqrt(N·Qp),
-    N = numel of the quantized tensor (whole activation batch, or weight); s is used as max(|s|, eps), so stays positive."""
+    """LSQ: x̂ = clamp(round(x/s), Qn, Qp)·s, STE where Qn <= x/s <= Qp, the paper's s gradient times g = 1/sqrt(N·Qp),
+    N = numel of the quantized tensor (whole activation batch, or weight); s is used as max(|s|, eps) > 0."""
 
     algorithm = "LSQ"
 

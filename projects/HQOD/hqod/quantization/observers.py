@@ -66,7 +66,7 @@ class MinMaxObserver(Observer):
 
 
 class EMAMSEObserver(Observer):
-    """Per batch, the range [min, max]·f with f in 1.00, 0.99, ..., 0.06 of least fake-quantization MSE; EMA over batches."""
+    """Per batch the range [min, max]·f, f in 1.00, 0.99, ..., 0.06, of least fake-quant MSE; EMA over batches."""
 
     def __init__(self, channels=None, ema_ratio: float = 0.9, num_factors: int = 95):
         super().__init__(channels)
@@ -148,8 +148,8 @@ class LSQObserver(Observer):
 
 
 class PoTModeObserver(Observer):
-    """The authors' TQT initialisation: per batch the power-of-two step 2^-e of least squared error, e among ``candidates``
-    exponents from floor(log2(1/s_minmax)) up; the most frequent step wins."""
+    """The authors' TQT initialisation: per batch the power-of-two step 2^-e of least squared error, e among
+    ``candidates`` exponents from floor(log2(1/s_minmax)) up; the most frequent step wins."""
 
     EXPONENTS = range(-32, 64)
 

@@ -12,8 +12,8 @@ def _pick(quantizer, call: int):
 
 
 class QuantConvMixin:
-    """Fake-quantizes weight and input, then convolves; Detectron2's norm and activation run as before (BN folded into the
-    weight with ``fold_bn``). A ModuleList of quantizers is indexed by the call number (FPN level) in the model forward."""
+    """Fake-quantizes weight and input, then convolves; Detectron2's norm and activation run as before (BN folded into
+    the weight if ``fold_bn``). A ModuleList of quantizers is indexed by the call number (FPN level) in a forward."""
 
     def attach_quantizers(self, weight_quant: nn.Module, input_quant: nn.Module, fold_bn: bool = False):
         self.weight_quant = weight_quant

@@ -7,8 +7,8 @@ from .fake_quant import fake_quantize
 
 
 class TQTQuantizer(FakeQuantizer):
-    """TQT: step s = 2^ceil(log2 t)/2^(b-1) (2^b if unsigned) from a learned log2 t; clipping test, STE and log2 t gradient on
-    round(x/s) as in the paper, ceil passed straight through. ``freeze`` keeps the calibrated t, as the authors' code did."""
+    """TQT: step s = 2^ceil(log2 t)/2^(b-1) (2^b if unsigned) from a learned log2 t; clipping, STE and log2 t gradient
+    on round(x/s) as in the paper, ceil passed straight through; ``freeze`` keeps the calibrated t (authors' code)."""
 
     algorithm = "TQT"
 

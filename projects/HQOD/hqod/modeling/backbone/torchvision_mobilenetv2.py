@@ -39,9 +39,13 @@ def _torchvision_convs(unit):
         [(f"conv.{k}", f"conv.{k + 1}", project)]
 
 
-def torchvision_key_map() -> dict:
-    """``{torchvision key: Detectron2 key}`` for every tensor of ``MobileNetV2(width_mult=1.0)`` (BN layout)."""
-    body = MobileNetV2(norm="BN", out_features=("stage5",))
+def reference_body() -> MobileNetV2:
+    """The body torchvision's ImageNet weights fit: width 1.0, all five stages, BN layout."""
+    return MobileNetV2(norm="BN", out_features=("stage5",))
+
+
+def torchvision_key_map(body: MobileNetV2) -> dict:
+    """``{torchvision key: Detectron2 key}`` for every tensor of ``body`` (a ``reference_body()``)."""
     mapping = {}
     for index, (unit_name, unit) in enumerate(_units(body)):
         for tv_conv, tv_norm, ours in _torchvision_convs(unit):
@@ -56,24 +60,26 @@ def convert_state_dict(state_dict) -> dict:
     if not isinstance(state_dict, dict):
         raise HQODInputError(f"expected a state dict, got a {type(state_dict).__name__}; pass torchvision's "
                              "mobilenet_v2-b0353104.pth (a state dict)")
-    mapping = torchvision_key_map()
+    body = reference_body()
+    mapping = torchvision_key_map(body)
     used = {k for k in state_dict if k.startswith("features.") and not k.endswith(".num_batches_tracked")}
     if used != set(mapping):
         raise HQODInputError(
             f"not a torchvision MobileNetV2 (width 1.0) state dict: {len(used - set(mapping))} unknown and "
             f"{len(set(mapping) - used)} missing 'features.*' tensors; pass torchvision's mobilenet_v2-b0353104.pth")
-    body = MobileNetV2(norm="BN", out_features=("stage5",)).state_dict()
+    expected = body.state_dict()
     converted = {}
     for tv_key, key in mapping.items():
-        if tuple(state_dict[tv_key].shape) != tuple(body[key[len(PREFIX):]].shape):
-            raise HQODInputError(f"{tv_key} has shape {tuple(state_dict[tv_key].shape)}, not MobileNetV2 width 1.0's "
-                                 f"{tuple(body[key[len(PREFIX):]].shape)}; pass a width-1.0 torchvision checkpoint")
+        shape, wanted = tuple(state_dict[tv_key].shape), tuple(expected[key[len(PREFIX):]].shape)
+        if shape != wanted:
+            raise HQODInputError(f"{tv_key} has shape {shape}, not MobileNetV2 width 1.0's {wanted}; "
+                                 "pass a width-1.0 torchvision checkpoint")
         converted[key] = state_dict[tv_key]
     return converted
 
 
 def convert_file(src, dst) -> None:
-    """Read torchvision's ``.pth`` at ``src``; write the Detectron2 checkpoint ``{"model": ...}`` to ``dst`` atomically."""
+    """Convert torchvision's ``.pth`` at ``src`` to a Detectron2 checkpoint at ``dst``, written atomically."""
     if not os.path.isfile(src):
         raise HQODInputError(f"{src}: no such file; pass the path of torchvision's mobilenet_v2-b0353104.pth "
                              "(torchvision caches it in ~/.cache/torch/hub/checkpoints/)")

@@ -1,0 +1,155 @@
+"""Training hooks: quantizer calibration before the first iteration, the quantizer schedule, HQOD weight ramps.
+
+Each schedule hook writes its current values into the event storage every iteration, so they appear in
+``metrics.json`` and TensorBoard.
+"""
+import logging
+
+from detectron2.engine import HookBase
+from torch import nn
+
+from ..errors import HQODInputError
+from ..quantization import DSQQuantizer, calibrate, is_calibrated, is_quantized, quantizers, set_quant_state
+from .schedules import check_ramp, ramp
+
+logger = logging.getLogger(__name__)
+
+
+def unwrap(model):
+    """The model inside a DistributedDataParallel wrapper (or the model itself)."""
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+class QuantCalibration(HookBase):
+    """Calibrates a converted model once, before the first iteration; a resumed calibrated checkpoint skips it."""
+
+    def __init__(self, build_loader, num_images: int):
+        self._build_loader = build_loader
+        self._num_images = num_images
+
+    def before_train(self):
+        model = unwrap(self.trainer.model)
+        if not is_quantized(model):
+            return
+        if is_calibrated(model):
+            logger.info("Quantizers already initialised (QAT checkpoint): calibration skipped.")
+            return
+        calibrate(model, self._build_loader(), self._num_images)
+
+
+def parse_bit_schedule(entries, weight_bits: int, act_bits: int):
+    """``["iter:wbits:abits", ...]`` -> sorted ``[(iter, wbits, abits)]``; must end at the configured bits."""
+    schedule = []
+    for entry in entries:
+        try:
+            it, wbits, abits = (int(v) for v in entry.split(":"))
+        except ValueError:
+            raise HQODInputError(f"MODEL.QUANT.SCHEDULE.BITS entry {entry!r} is not 'iteration:weight_bits:act_bits'") from None
+        if it < 0 or not (2 <= wbits <= 8 and 2 <= abits <= 8):
+            raise HQODInputError(f"MODEL.QUANT.SCHEDULE.BITS entry {entry!r}: need iteration >= 0 and bits in 2..8")
+        schedule.append((it, wbits, abits))
+    schedule.sort()
+    if schedule and schedule[-1][1:] != (weight_bits, act_bits):
+        raise HQODInputError(
+            f"MODEL.QUANT.SCHEDULE.BITS ends at {schedule[-1][1]}/{schedule[-1][2]} bits but "
+            f"MODEL.QUANT.WEIGHT_BITS/ACT_BITS are {weight_bits}/{act_bits}; make the last entry match them"
+        )
+    return schedule
+
+
+def check_quant_schedule(cfg):
+    """One-line errors for bad MODEL.QUANT.SCHEDULE values, before training starts."""
+    sched = cfg.MODEL.QUANT.SCHEDULE
+    check_ramp("MODEL.QUANT.SCHEDULE.DSQ_ALPHA", sched.DSQ_ALPHA.TYPE, sched.DSQ_ALPHA.START_ITER,
+               sched.DSQ_ALPHA.END_ITER)
+    if not 0 < sched.DSQ_ALPHA.END_VALUE <= 0.5:
+        raise HQODInputError(f"MODEL.QUANT.SCHEDULE.DSQ_ALPHA.END_VALUE must be in (0, 0.5], got {sched.DSQ_ALPHA.END_VALUE}")
+    parse_bit_schedule(sched.BITS, cfg.MODEL.QUANT.WEIGHT_BITS, cfg.MODEL.QUANT.ACT_BITS)
+
+
+class QuantScheduler(HookBase):
+    """Applies MODEL.QUANT.SCHEDULE each iteration: fake-quant start, observer and BN freezing, DSQ alpha, bits."""
+
+    def __init__(self, cfg):
+        qcfg = cfg.MODEL.QUANT
+        self._sched = qcfg.SCHEDULE
+        self._dsq_start = qcfg.DSQ_ALPHA
+        self._bits = parse_bit_schedule(qcfg.SCHEDULE.BITS, qcfg.WEIGHT_BITS, qcfg.ACT_BITS)
+        self._base_bits = (qcfg.WEIGHT_BITS, qcfg.ACT_BITS)
+        self._scheduled = None  # {quantizer: "weight" | "act"} of quantizers at the configured bits
+
+    def before_train(self):
+        model = unwrap(self.trainer.model)
+        weight_quants = {id(q) for name, q in quantizers(model) if ".weight_quant" in name}
+        self._scheduled = {}
+        for _, q in quantizers(model):
+            kind = "weight" if id(q) in weight_quants else "act"
+            if q.bits == self._base_bits[kind == "act"]:
+                self._scheduled[q] = kind
+
+    def before_step(self):
+        model = unwrap(self.trainer.model)
+        if not is_quantized(model):
+            return
+        it, sched, storage = self.trainer.iter, self._sched, self.trainer.storage
+        fake_quant = it >= sched.FAKE_QUANT_START_ITER
+        observe = it < sched.OBSERVER_FREEZE_ITER
+        set_quant_state(model, observe=observe, fake_quant=fake_quant)
+        storage.put_scalar("quant/fake_quant", float(fake_quant), smoothing_hint=False)
+        storage.put_scalar("quant/observing", float(observe), smoothing_hint=False)
+        bn_frozen = 0 <= sched.BN_FREEZE_ITER <= it
+        if bn_frozen:
+            for module in model.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.eval()
+        storage.put_scalar("quant/bn_frozen", float(bn_frozen), smoothing_hint=False)
+        dsq = [q for _, q in quantizers(model) if isinstance(q, DSQQuantizer)]
+        if dsq and sched.DSQ_ALPHA.TYPE != "constant":
+            alpha = ramp(sched.DSQ_ALPHA.TYPE, it, sched.DSQ_ALPHA.START_ITER, sched.DSQ_ALPHA.END_ITER,
+                         self._dsq_start, sched.DSQ_ALPHA.END_VALUE)
+            for q in dsq:
+                q.set_alpha(alpha)
+        if dsq:
+            storage.put_scalar("quant/dsq_alpha", float(dsq[0].alpha), smoothing_hint=False)
+        wbits, abits = self._current_bits(it)
+        for q, kind in self._scheduled.items():
+            bits = wbits if kind == "weight" else abits
+            if q.bits != bits:
+                q.set_bits(bits)
+        storage.put_scalar("quant/weight_bits", float(wbits), smoothing_hint=False)
+        storage.put_scalar("quant/act_bits", float(abits), smoothing_hint=False)
+
+    def after_step(self):
+        if self.trainer.iter < self._sched.OBSERVER_FREEZE_ITER:
+            for _, q in quantizers(unwrap(self.trainer.model)):
+                q.finish_calibration()
+
+    def _current_bits(self, it):
+        """Bits of the last entry started by ``it`` (the first entry's before it starts)."""
+        if not self._bits:
+            return self._base_bits
+        current = self._bits[0][1:]
+        for start, wbits, abits in self._bits:
+            if it >= start:
+                current = (wbits, abits)
+        return current
+
+
+class HQODLossWeightScheduler(HookBase):
+    """Ramps the HQOD loss weights (model.tcorr_weight / model.hiou_weight) by MODEL.HQOD.WEIGHT_SCHEDULE."""
+
+    def __init__(self, cfg):
+        self._weights = {"tcorr_weight": cfg.MODEL.HQOD.TCORR_WEIGHT, "hiou_weight": cfg.MODEL.HQOD.HIOU_WEIGHT}
+        self._sched = cfg.MODEL.HQOD.WEIGHT_SCHEDULE
+        check_ramp("MODEL.HQOD.WEIGHT_SCHEDULE", self._sched.TYPE, self._sched.START_ITER, self._sched.END_ITER)
+
+    def before_step(self):
+        model = unwrap(self.trainer.model)
+        if not hasattr(model, "tcorr_weight"):
+            return
+        s = self._sched
+        factor = ramp(s.TYPE, self.trainer.iter, s.START_ITER, s.END_ITER, s.START_FACTOR, 1.0)
+        for name, weight in self._weights.items():
+            setattr(model, name, weight * factor)
+            self.trainer.storage.put_scalar(f"hqod/{name}", weight * factor, smoothing_hint=False)
+
