@@ -226,11 +226,14 @@ def _calibrate_on_rank(rank, port, out_dir):
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", world_size=2, rank=rank)
     try:
-        model = build(load_cfg())
+        model = build(load_cfg(R18, "MODEL.QUANT.WEIGHT_OBSERVER", "LSQ"))
         loader = [images(1, seed=10 * rank + i, gain=1.0 if rank == 0 else 0.3) for i in range(2)]
         seen = calibrate(model, loader, 4)
-        state = {k: v for k, v in model.state_dict().items() if "_quant." in k}
-        torch.save({"seen": seen, "state": state}, pathlib.Path(out_dir) / f"rank{rank}.pth")
+        state = {k: v.clone() for k, v in model.state_dict().items() if "_quant." in k}
+        for _, quantizer in quantizers(model):  # as a schedule re-deriving steps every iteration does
+            quantizer.finish_calibration()
+        again = {k: v for k, v in model.state_dict().items() if "_quant." in k}
+        torch.save({"seen": seen, "state": state, "again": again}, pathlib.Path(out_dir) / f"rank{rank}.pth")
     finally:
         dist.destroy_process_group()
 
@@ -241,7 +244,10 @@ def test_distributed_calibration_gives_identical_quantizers(tmp_path):
     assert rank0["seen"] == rank1["seen"] == 4  # images x world size
     assert rank0["state"].keys() == rank1["state"].keys()
     assert all(torch.equal(v, rank1["state"][k]) for k, v in rank0["state"].items())
-    local = build(load_cfg())  # rank 0's data alone gives other steps: the ranks did reduce their statistics
+    # re-syncing (as a schedule that keeps observing does every iteration) leaves the steps unchanged
+    assert all(torch.allclose(v, rank0["again"][k]) for k, v in rank0["state"].items())
+    # rank 0's data alone gives other steps: the ranks did reduce their statistics
+    local = build(load_cfg(R18, "MODEL.QUANT.WEIGHT_OBSERVER", "LSQ"))
     calibrate(local, [images(1, seed=0), images(1, seed=1)], 2)
     stem_input = "backbone.bottom_up.stem.conv1.input_quant.scale"
     assert not torch.equal(local.state_dict()[stem_input], rank0["state"][stem_input])

@@ -222,9 +222,25 @@ def test_uninitialised_quantizer_raises_and_state_round_trips():
     with pytest.raises(HQODInputError, match="calibrate"):
         fresh(x)
     done = calibrated(LSQQuantizer(4, None), x.relu())
-    assert set(done.state_dict()) == {"signed", "initialized", "scale"}
+    assert set(done.state_dict()) == {"num_bits", "signed", "initialized", "scale"}
     fresh.load_state_dict(done.state_dict())
     assert torch.equal(fresh(x), done(x)) and not bool(fresh.signed)
+
+
+def test_set_bits_keeps_the_clipping_threshold_and_is_saved():
+    x = torch.randn(1000)
+    lsq = calibrated(LSQQuantizer(8, True), x)
+    tqt = calibrated(TQTQuantizer(8, True), x)
+    before = lsq.step_size.item(), tqt.step_size.item(), tqt.log2_threshold.item()
+    lsq.set_bits(4)
+    tqt.set_bits(4)
+    assert lsq.step_size.item() == pytest.approx(16 * before[0]) and lsq(x).unique().numel() <= 16
+    assert tqt.step_size.item() == 16 * before[1] and tqt.log2_threshold.item() == before[2]
+    resumed = LSQQuantizer(8, True)
+    resumed.load_state_dict(lsq.state_dict())
+    assert resumed.bits == 4 and torch.equal(resumed(x), lsq(x))
+    with pytest.raises(HQODInputError, match="2 to 8"):
+        lsq.set_bits(1)
 
 
 def test_lsq_step_stays_positive():

@@ -1,6 +1,8 @@
 #!/usr/bin/env python
 """Speed of fake quantization: one W4A4 QAT training step of a converted RetinaNet over the FP step of the same
 model (target <= 1.3x), and the LSQ op (forward + backward) as PyTorch's fused kernel, hqod's and plain autograd.
+The fused kernel (torch._fake_quantize_learnable_per_tensor_affine) clips on round(x/s): for x/s in (Qp, Qp+0.5) and
+(Qn-0.5, Qn) it passes x's gradient and gives s the gradient round(x/s)-x/s, where LSQ's formula clips.
 
     python tools/benchmark_quant_speed.py [--device cpu|cuda] [--threads 1] [--image-size 320] [--batch 2]
 """
@@ -88,10 +90,10 @@ def op_benchmark(args, shape):
     grad_factor = 1.0 / math.sqrt(x.numel() * qmax)
     dy = torch.randn_like(x)
     impls = {
-        "fused kernel (torch._fake_quantize_learnable_per_tensor_affine)":
+        "fused kernel":
             lambda: torch._fake_quantize_learnable_per_tensor_affine(x, step, zero_point, qmin, qmax, grad_factor),
-        "hqod LSQ (custom autograd.Function)": lambda: fake_quantize(x, positive(step), qmin, qmax, grad_factor),
-        "plain autograd (grad-scale + round STE)": lambda: lsq_plain_autograd(x, step, qmin, qmax, grad_factor),
+        "hqod autograd.Function": lambda: fake_quantize(x, positive(step), qmin, qmax, grad_factor),
+        "plain autograd": lambda: lsq_plain_autograd(x, step, qmin, qmax, grad_factor),
     }
     results = {}
     for name, impl in impls.items():
@@ -127,29 +129,25 @@ def main():
     with EventStorage(0):
         fp_opt = torch.optim.SGD(fp_model.parameters(), lr=1e-4, momentum=0.9)
         qat_opt = torch.optim.SGD(qat_model.parameters(), lr=1e-4, momentum=0.9)
+        for _ in range(args.warmup):
+            train_step(fp_model, fp_opt, batch)
+            train_step(qat_model, qat_opt, batch)
         fp_times, qat_times = [], []
         for _ in range(args.iters):  # interleaved, so that load changes on a shared machine hit both alike
-            fp_times.append(timed(lambda: train_step(fp_model, fp_opt, batch), args.device, 1, args.warmup))
-            qat_times.append(timed(lambda: train_step(qat_model, qat_opt, batch), args.device, 1, args.warmup))
-            args.warmup = 0
+            fp_times.append(timed(lambda: train_step(fp_model, fp_opt, batch), args.device, 1, 0))
+            qat_times.append(timed(lambda: train_step(qat_model, qat_opt, batch), args.device, 1, 0))
         fp_ms, qat_ms = statistics.median(fp_times), statistics.median(qat_times)
     device_name = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU, {torch.get_num_threads()} thread(s)"
     print(f"RetinaNet-R18-FPN, {args.batch} x {args.image_size}^2 images, {device_name}, torch {torch.__version__}")
-    print(f"FP train step:        {fp_ms:8.1f} ms")
-    print(f"W{args.bits}A{args.bits} LSQ train step:  {qat_ms:8.1f} ms")
-    print(f"ratio QAT / FP:       {qat_ms / fp_ms:8.2f}x  (target <= 1.3x)")
-
+    print(f"train step: FP {fp_ms:.1f} ms, W{args.bits}A{args.bits} LSQ {qat_ms:.1f} ms, "
+          f"ratio {qat_ms / fp_ms:.2f}x (target <= 1.3x)")
     shape = (args.batch, 256, args.image_size // 8, args.image_size // 8)
     results = op_benchmark(args, shape)
-    print(f"\nLSQ fake quantization, forward + backward, per-tensor, {tuple(shape)} float32:")
-    fused_ms, fused_gx, fused_gs = next(iter(results.values()))
+    _, fused_gx, _ = next(iter(results.values()))
     for name, (ms, grad_x, grad_step) in results.items():
         differ = int(((grad_x - fused_gx).abs() > 1e-5).sum())
-        print(f"  {name:66s} {ms:8.2f} ms  grad_x differs from fused at {differ} elements, "
-              f"grad_step {grad_step.item():+.5f} (fused {fused_gs.item():+.5f})")
-    print("  (the fused kernel clips on round(x/s): it passes the gradient for x/s in (Qp, Qp+0.5) and (Qn-0.5, Qn),"
-          " where LSQ's formula clips)")
-
+        print(f"LSQ fwd+bwd {tuple(shape)}, {name}: {ms:.2f} ms, grad_step {grad_step.item():+.5f}, "
+              f"grad_x != fused at {differ} elements")
 
 if __name__ == "__main__":
     main()

@@ -11,12 +11,15 @@ the installed Detectron2 does not need it:
    rejects: on a machine without CUDA it is wrapped to pass ``device_ids=None``.
 3. v0.6's ``launch()`` hard-codes NCCL and asserts CUDA: ``hqod.engine.launch`` replaces it on CPU
    (a gloo process group per CPU worker) and calls Detectron2's own ``launch`` when CUDA is present.
-The Pascal VOC evaluator's ``np.bool`` needs no measure: numpy >= 2 defines ``np.bool`` again.
+4. v0.6's Pascal VOC loader calls ``np.loadtxt(..., dtype=np.str)``, an alias numpy 1.24 removed: ``np.str`` is
+   restored as the builtin ``str`` it always was (only when missing). The VOC evaluator's ``np.bool`` needs no
+   measure: numpy >= 2 defines ``np.bool`` again.
 """
 import importlib.util
 import sys
 import types
 
+import numpy as np
 import torch
 
 
@@ -74,3 +77,6 @@ def _patch_create_ddp_model():
 
 
 _patch_create_ddp_model()
+
+if "str" not in np.__dict__:
+    np.str = str

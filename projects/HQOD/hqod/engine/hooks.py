@@ -76,16 +76,11 @@ class QuantScheduler(HookBase):
         self._dsq_start = qcfg.DSQ_ALPHA
         self._bits = parse_bit_schedule(qcfg.SCHEDULE.BITS, qcfg.WEIGHT_BITS, qcfg.ACT_BITS)
         self._base_bits = (qcfg.WEIGHT_BITS, qcfg.ACT_BITS)
-        self._scheduled = None  # {quantizer: "weight" | "act"} of quantizers at the configured bits
+        self._scheduled = None  # {quantizer: "weight" | "act"}: those a bit schedule moves (not first/last/overrides)
 
     def before_train(self):
-        model = unwrap(self.trainer.model)
-        weight_quants = {id(q) for name, q in quantizers(model) if ".weight_quant" in name}
-        self._scheduled = {}
-        for _, q in quantizers(model):
-            kind = "weight" if id(q) in weight_quants else "act"
-            if q.bits == self._base_bits[kind == "act"]:
-                self._scheduled[q] = kind
+        self._scheduled = {q: "weight" if ".weight_quant" in name else "act"
+                           for name, q in quantizers(unwrap(self.trainer.model)) if q.follows_schedule}
 
     def before_step(self):
         model = unwrap(self.trainer.model)

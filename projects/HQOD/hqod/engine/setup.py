@@ -10,6 +10,7 @@ from ..config import add_hqod_config
 from ..data import check_datasets_exist, register_coco_format_datasets, validate_dataset
 from ..errors import HQODInputError
 from ..modeling.hqod_mixin import check_hqod_config
+from ..quantization import check_quant_config
 from .hooks import check_quant_schedule
 from .schedules import check_ramp
 
@@ -45,7 +46,9 @@ def setup_cfg(config_file: str, opts=(), validate_data: bool = True):
     check_hqod_config(cfg)
     sched = cfg.MODEL.HQOD.WEIGHT_SCHEDULE
     check_ramp("MODEL.HQOD.WEIGHT_SCHEDULE", sched.TYPE, sched.START_ITER, sched.END_ITER)
-    check_quant_schedule(cfg)
+    if cfg.MODEL.QUANT.ENABLED:
+        check_quant_config(cfg.MODEL.QUANT)
+        check_quant_schedule(cfg)
     _check_weights_path(cfg.MODEL.WEIGHTS)
     register_coco_format_datasets(cfg)
     names = list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST)

@@ -30,6 +30,7 @@ class FakeQuantizer(nn.Module):
         self.bits = check_bits(bits)
         self.channels = channels
         self.auto_signed = signed is None
+        self.register_buffer("num_bits", torch.tensor(bits))  # persisted: a bit schedule may change it
         self.register_buffer("signed", torch.tensor(bool(signed)))
         self.register_buffer("initialized", torch.tensor(False))
         self.register_buffer("negative_seen", torch.tensor(False), persistent=False)
@@ -37,6 +38,7 @@ class FakeQuantizer(nn.Module):
         self.observe_enabled = False
         self.fake_quant_enabled = True
         self.qualified_name = ""  # set at conversion, for error messages
+        self.follows_schedule = False  # set at conversion: whether a bit-width schedule applies to it
         self._qrange = None  # (qmin, qmax), cached once the quantizer is known to be initialised
 
     def forward(self, x):
@@ -64,6 +66,19 @@ class FakeQuantizer(nn.Module):
             )
         return quant_range(self.bits, bool(self.signed))
 
+    @torch.no_grad()
+    def set_bits(self, bits: int):
+        """Switch to ``bits`` bits keeping the clipping threshold s·2^(b-1) (s·2^b unsigned) of an initialised step."""
+        check_bits(bits)
+        if bool(self.initialized):
+            self._rescale_step(2.0 ** (self.bits - bits))
+        self.bits = bits
+        self.num_bits.fill_(bits)
+        self._qrange = None
+
+    def _rescale_step(self, factor: float):
+        """Multiply the step size by ``factor`` (TQT keeps its threshold, so its step follows the bits by itself)."""
+
     def reset_observation(self):
         """Forget what was observed (called when a calibration starts)."""
         self.observer.reset()
@@ -87,6 +102,7 @@ class FakeQuantizer(nn.Module):
 
     def _load_from_state_dict(self, *args, **kwargs):
         super()._load_from_state_dict(*args, **kwargs)
+        self.bits = int(self.num_bits)
         self._qrange = None
 
     def extra_repr(self):

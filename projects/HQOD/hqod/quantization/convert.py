@@ -27,7 +27,7 @@ def convert_to_qat(model, cfg, example_inputs=None):
     qcfg = cfg.MODEL.QUANT
     if is_quantized(model):
         raise HQODInputError("convert_to_qat got a model that is already converted to QAT")
-    algorithm, overrides = _validate(qcfg)
+    algorithm, overrides = check_quant_config(qcfg)
     convs = [(name, module) for name, module in model.named_modules() if isinstance(module, nn.Conv2d)]
     if not convs:
         raise HQODInputError(f"convert_to_qat found no nn.Conv2d in {type(model).__name__}")
@@ -44,10 +44,11 @@ def convert_to_qat(model, cfg, example_inputs=None):
             logger.warning("MODEL.QUANT.OVERRIDES pattern %r matches no conv", pattern)
     rows = []
     for name, conv in convs:
-        bits = (qcfg.FIRST_LAST_BITS,) * 2 if name in first or name in last else (qcfg.WEIGHT_BITS, qcfg.ACT_BITS)
+        pinned = name in first or name in last
+        bits = (qcfg.FIRST_LAST_BITS,) * 2 if pinned else (qcfg.WEIGHT_BITS, qcfg.ACT_BITS)
         for pattern, weight_bits, act_bits in overrides:
             if fnmatch.fnmatchcase(name, pattern):
-                bits = (weight_bits, act_bits)
+                bits, pinned = (weight_bits, act_bits), True
         levels = calls.get(name, 1)
         make_weight = partial(_quantizer, qcfg, algorithm, bits[0], True,
                               conv.out_channels if qcfg.PER_CHANNEL else None, qcfg.WEIGHT_OBSERVER, False)
@@ -61,6 +62,7 @@ def convert_to_qat(model, cfg, example_inputs=None):
         for qname, quantizer in conv.named_modules(prefix=name):
             if isinstance(quantizer, FakeQuantizer):
                 quantizer.qualified_name = qname
+                quantizer.follows_schedule = not pinned  # MODEL.QUANT.SCHEDULE.BITS moves only the W/A-bit convs
         rows.append((name, bits[0], bits[1], "signed" if name in first else "at calibration",
                      "per-channel" if qcfg.PER_CHANNEL else "per-tensor", levels, "yes" if fold_bn else "no"))
     model.register_forward_pre_hook(reset_call_counters)
@@ -86,7 +88,8 @@ def parse_overrides(overrides):
     return parsed
 
 
-def _validate(qcfg):
+def check_quant_config(qcfg):
+    """Validate MODEL.QUANT (``qcfg``) with one-line errors; returns the algorithm name and the parsed overrides."""
     algorithm = str(qcfg.ALGORITHM).upper()
     if algorithm not in ALGORITHMS:
         raise HQODInputError(f"unknown MODEL.QUANT.ALGORITHM {qcfg.ALGORITHM!r}: use one of {', '.join(ALGORITHMS)}")

@@ -38,6 +38,9 @@ class DSQQuantizer(FakeQuantizer):
     def _set_step(self, step, qmin, qmax):
         self.scale.copy_(step.reshape(self.scale.shape))
 
+    def _rescale_step(self, factor):
+        self.scale.mul_(factor)
+
     def _fake_quantize(self, x, qmin, qmax):
         step = channel_view(grad_scaled(positive(self.scale), 1.0 / math.sqrt(max(x.numel(), 1) * qmax)), x)
         alpha = self.alpha + (self.alpha.clamp(EPS, 0.5) - self.alpha).detach()

@@ -45,7 +45,7 @@ class _UniformFakeQuantize(torch.autograd.Function):
             # d(out)/ds = clamp(round(v)) - v inside the range, Qn or Qp outside: sum dy·q - sum_inside dy·v
             q.clamp_(qmin, qmax)
             if step.numel() == 1:
-                grad_step = torch.dot(grad_out.reshape(-1), q.reshape(-1)) - torch.dot(grad_x.reshape(-1), v.reshape(-1))
+                grad_step = grad_out.reshape(-1).dot(q.reshape(-1)) - grad_x.reshape(-1).dot(v.reshape(-1))
             else:
                 grad_step = (grad_out * q - grad_x * v).sum(dim=tuple(range(1, x.dim())))
             grad_step = grad_step.reshape(step.shape) * ctx.grad_factor

@@ -25,6 +25,9 @@ class LSQQuantizer(FakeQuantizer):
     def _set_step(self, step, qmin, qmax):
         self.scale.copy_(step.reshape(self.scale.shape))
 
+    def _rescale_step(self, factor):
+        self.scale.mul_(factor)
+
     def _fake_quantize(self, x, qmin, qmax):
         grad_factor = 1.0 / math.sqrt(max(x.numel(), 1) * qmax)
         return fake_quantize(x, positive(self.scale), qmin, qmax, grad_factor)

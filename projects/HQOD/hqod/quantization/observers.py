@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from ..errors import HQODInputError
-from .distributed import all_reduce_
+from .distributed import all_reduce_, world_size
 from .fake_quant import EPS
 
 
@@ -138,8 +138,9 @@ class LSQObserver(Observer):
         self.count += rows.shape[1]
 
     def sync(self):
-        all_reduce_(self.abs_sum)
-        all_reduce_(self.count)
+        """Average over ranks (the mean is that of all data; repeated syncs leave it unchanged)."""
+        for stat in (self.abs_sum, self.count):
+            all_reduce_(stat).div_(world_size())
 
     def compute_step(self, qmin, qmax):
         if self.count.item() == 0:
@@ -180,7 +181,7 @@ class PoTModeObserver(Observer):
         self.votes.scatter_add_(1, index[:, None], torch.ones_like(best_exp)[:, None])
 
     def sync(self):
-        all_reduce_(self.votes)
+        all_reduce_(self.votes).div_(world_size())
 
     def compute_step(self, qmin, qmax):
         if self.votes.sum().item() == 0:
