@@ -24,5 +24,16 @@ test: setup
 test-slow: setup
 	$(PY) -m pytest -q -m slow tests
 
+QUICKSTART := configs/quickstart_retinanet_mnv2_shapes.yaml
+QUICKSTART_OUT := output/quickstart_retinanet_mnv2_shapes
+QUICKSTART_QAT := configs/shapes/retinanet_MNV2_lsq_hqod_w4a4.yaml
+
+# Full-precision MobileNetV2-FPN RetinaNet on the built-in shapes set; prints COCO AP at the end.
 quickstart: setup
-	$(PY) train_net.py --config-file configs/quickstart_retinanet_mnv2_shapes.yaml --num-gpus 1 OUTPUT_DIR output/quickstart
+	$(PY) train_net.py --config-file $(QUICKSTART)
+
+# FP (reused when already trained) -> LSQ + HQOD W4A4 QAT from it; FP and 4-bit AP and harmony side by side.
+quickstart-qat: setup
+	test -f $(QUICKSTART_OUT)/model_final.pth || $(PY) train_net.py --config-file $(QUICKSTART)
+	$(PY) train_net.py --config-file $(QUICKSTART_QAT)
+	$(PY) tools/compare_runs.py $(QUICKSTART_OUT) output/shapes/retinanet_MNV2_lsq_hqod_w4a4

@@ -12,6 +12,7 @@ import hqod  # noqa: F401  (Detectron2 compatibility measures and registrations 
 import torch
 from detectron2.engine import default_argument_parser, default_setup
 from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
 
 from hqod.engine import HQODTrainer, launch, setup_cfg
 from hqod.engine.checkpoint import HQODCheckpointer, check_weights_file
@@ -23,6 +24,7 @@ from hqod.quantization import is_calibrated, is_quantized
 def setup(args):
     cfg = setup_cfg(args.config_file, args.opts, validate_data=False)  # validated before launch
     default_setup(cfg, args)
+    setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="hqod")
     if not torch.cuda.is_available():
         torch.set_num_threads(max(1, torch.get_num_threads() // comm.get_local_size()))
     return cfg

@@ -4,11 +4,21 @@ import pathlib
 
 import hqod  # noqa: F401
 import pytest
+import torch
 from detectron2.data import MetadataCatalog
 
 from hqod.data import validate_dataset
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True, scope="session")
+def one_thread():
+    """Small tensors on a 2-core machine: one intra-op thread avoids OpenMP contention (restored afterwards)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")

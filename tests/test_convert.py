@@ -33,14 +33,6 @@ MODELS = {  # config: (stem, prediction convs)
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small tensors on a busy 2-core machine: one thread avoids OpenMP contention (restored afterwards)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def load_cfg(config=R18, *opts):
     cfg = get_cfg()

@@ -4,7 +4,6 @@ import math
 import types
 
 import hqod  # noqa: F401
-import numpy as np
 import pytest
 import torch
 from detectron2.data import DatasetCatalog, MetadataCatalog
@@ -22,13 +21,6 @@ from test_train_net import run_train_net
 
 SHAPES = str(ROOT / "configs" / "quickstart_retinanet_mnv2_shapes.yaml")
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def small_cfg(*opts):

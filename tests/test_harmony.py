@@ -1,5 +1,4 @@
 """HarmonyEvaluator: matching rules, correlations and the hexbin PNG on hand-made detections."""
-import os
 
 import hqod  # noqa: F401
 import numpy as np

@@ -11,14 +11,6 @@ from hqod.quantization.base import quant_range
 from hqod.quantization.fake_quant import EPS
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small tensors on a busy 2-core machine: one thread avoids OpenMP contention (restored afterwards)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def channel(t, x):
     return t.reshape(-1, *([1] * (x.dim() - 1))) if t.numel() > 1 else t

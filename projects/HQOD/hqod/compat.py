@@ -11,7 +11,9 @@ the installed Detectron2 does not need it:
    rejects: on a machine without CUDA it is wrapped to pass ``device_ids=None``.
 3. v0.6's ``launch()`` hard-codes NCCL and asserts CUDA: ``hqod.engine.launch`` replaces it on CPU
    (a gloo process group per CPU worker) and calls Detectron2's own ``launch`` when CUDA is present.
-4. v0.6's Pascal VOC loader calls ``np.loadtxt(..., dtype=np.str)``, an alias numpy 1.24 removed: ``np.str`` is
+4. v0.6's ``DefaultTrainer`` checkpoints no optimizer state (current Detectron2 adds it under ``_trainer``):
+   ``DEFAULT_TRAINER_SAVES_OPTIMIZER`` tells ``HQODTrainer`` to add it itself.
+5. v0.6's Pascal VOC loader calls ``np.loadtxt(..., dtype=np.str)``, an alias numpy 1.24 removed: ``np.str`` is
    restored as the builtin ``str`` it always was (only when missing). The VOC evaluator's ``np.bool`` needs no
    measure: numpy >= 2 defines ``np.bool`` again.
 """
@@ -77,6 +79,15 @@ def _patch_create_ddp_model():
 
 
 _patch_create_ddp_model()
+
+
+def _default_trainer_saves_optimizer() -> bool:
+    from detectron2.engine import DefaultTrainer
+
+    return "state_dict" in DefaultTrainer.__dict__
+
+
+DEFAULT_TRAINER_SAVES_OPTIMIZER = _default_trainer_saves_optimizer()
 
 if "str" not in np.__dict__:
     np.str = str

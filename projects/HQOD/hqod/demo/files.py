@@ -40,10 +40,10 @@ def dataset_inputs(dataset_name, max_images=None) -> dict:
 
 
 def output_paths(inputs, output) -> list:
-    """Where each input's drawing goes: ``output`` itself for one input and an image file name, else a file of the
-    input's name in the folder ``output``."""
+    """Where each input's drawing goes: ``output`` itself when it is a file name (it has an extension), else a file of
+    the input's name in the folder ``output``."""
     writable = {ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.SAVE}
-    as_file = os.path.splitext(output)[1].lower() in writable and not os.path.isdir(output)
+    as_file = bool(os.path.splitext(output)[1]) and not output.endswith(os.sep) and not os.path.isdir(output)
     if as_file and len(inputs) > 1:
         raise HQODInputError(f"--output {output!r} is one file but there are {len(inputs)} input images; "
                              "pass a folder")

@@ -1,6 +1,7 @@
 """``Predictor``: a full-precision or QAT detector loaded from its config and weights, run on single RGB images."""
 import pickle
 
+import numpy as np
 import torch
 from detectron2.data import transforms as T
 
@@ -61,12 +62,13 @@ class Predictor:
             try:
                 _DemoCheckpointer(self.model, cfg=cfg).load(weights)
             except (pickle.UnpicklingError, EOFError, RuntimeError) as e:
-                raise HQODInputError(f"cannot read MODEL.WEIGHTS {weights!r} ({' '.join(str(e).split())}); "
-                                     "pass a .pth checkpoint") from None
+                reason = " ".join(str(e).split()).split(". ")[0][:200]
+                message = f"cannot read MODEL.WEIGHTS {weights!r} ({reason}); pass a .pth checkpoint"
+                raise HQODInputError(message) from None
         if is_quantized(self.model) and not is_calibrated(self.model):
-            raise HQODInputError(f"{self.label}: MODEL.WEIGHTS {weights!r} is not a QAT checkpoint (the quantizers "
-                                 "are not initialised); pass the model_final.pth of a QAT run, or use the "
-                                 "full-precision config for full-precision weights")
+            raise HQODInputError(f"{self.label}: the quantizers are not initialised, MODEL.WEIGHTS {weights!r} is not "
+                                 "a QAT checkpoint; pass the model_final.pth of a QAT run, or use the full-precision "
+                                 "config for full-precision weights")
         self.num_classes = self.model.num_classes
         self._resize = T.ResizeShortestEdge([cfg.INPUT.MIN_SIZE_TEST] * 2, cfg.INPUT.MAX_SIZE_TEST)
         self._bgr = cfg.INPUT.FORMAT == "BGR"
@@ -75,7 +77,7 @@ class Predictor:
     def __call__(self, image_rgb):
         """Detections (``Instances`` on the CPU, in the image's own coordinates) of an HxWx3 uint8 RGB image."""
         height, width = image_rgb.shape[:2]
-        image = image_rgb[:, :, ::-1] if self._bgr else image_rgb
+        image = np.ascontiguousarray(image_rgb[:, :, ::-1]) if self._bgr else image_rgb
         image = self._resize.get_transform(image).apply_image(image)
         tensor = torch.as_tensor(image.astype("float32").transpose(2, 0, 1))
         return self.model([{"image": tensor, "height": height, "width": width}])[0]["instances"].to("cpu")

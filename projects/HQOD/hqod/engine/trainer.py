@@ -66,6 +66,17 @@ class HQODTrainer(DefaultTrainer):
         cfg.DATALOADER.NUM_WORKERS = 0
         return build_detection_train_loader(cfg)
 
+    def state_dict(self):
+        state = super().state_dict()
+        if not compat.DEFAULT_TRAINER_SAVES_OPTIMIZER:
+            state["_trainer"] = self._trainer.state_dict()  # the optimizer, so that --resume restores it
+        return state
+
+    def load_state_dict(self, state_dict):
+        super().load_state_dict(state_dict)
+        if not compat.DEFAULT_TRAINER_SAVES_OPTIMIZER and "_trainer" in state_dict:
+            self._trainer.load_state_dict(state_dict["_trainer"])
+
     def train(self):
         """Train, then return the last evaluation results (``None`` when no evaluation ran)."""
         super().train()

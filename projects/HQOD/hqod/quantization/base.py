@@ -4,6 +4,7 @@ from torch import nn
 
 from ..errors import HQODInputError
 from .distributed import all_reduce_
+from .fake_quant import positive
 from .observers import MinMaxObserver
 
 
@@ -110,3 +111,21 @@ class FakeQuantizer(nn.Module):
         granularity = f"per-channel({self.channels})" if self.channels else "per-tensor"
         initialized = bool(self.initialized)
         return f"{self.algorithm}, bits={self.bits}, signed={signed}, {granularity}, initialized={initialized}"
+
+
+class LearnedStepQuantizer(FakeQuantizer):
+    """A fake quantizer whose state is a learned step size ``scale`` (LSQ and DSQ), used as max(|s|, eps) > 0."""
+
+    def __init__(self, bits: int, signed, channels=None, observer=None):
+        super().__init__(bits, signed, channels, observer)
+        self.scale = nn.Parameter(torch.ones(channels or 1))
+
+    @property
+    def step_size(self):
+        return positive(self.scale).detach()
+
+    def _set_step(self, step, qmin, qmax):
+        self.scale.copy_(step.reshape(self.scale.shape))
+
+    def _rescale_step(self, factor):
+        self.scale.mul_(factor)

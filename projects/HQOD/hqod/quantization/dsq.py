@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from ..errors import HQODInputError
-from .base import FakeQuantizer
+from .base import LearnedStepQuantizer
 from .fake_quant import EPS, channel_view, grad_scaled, positive
 
 
@@ -15,7 +15,7 @@ def _check_alpha(alpha) -> float:
     return float(alpha)
 
 
-class DSQQuantizer(FakeQuantizer):
+class DSQQuantizer(LearnedStepQuantizer):
     """DSQ: hard-rounded forward, gradient through φ(v) = ⌊v⌋ + 0.5 + 0.5·tanh(k(v-⌊v⌋-0.5))/(1-α), k = ln(2/α-1),
     v = clamp(x/s, Qn, Qp); α learned or set by ``set_alpha``; s trained as LSQ's (max(|s|, eps), grad·1/sqrt(N·Qp))."""
 
@@ -23,23 +23,12 @@ class DSQQuantizer(FakeQuantizer):
 
     def __init__(self, bits: int, signed, channels=None, observer=None, alpha: float = 0.4, learn_alpha: bool = True):
         super().__init__(bits, signed, channels, observer)
-        self.scale = nn.Parameter(torch.ones(channels or 1))
         self.alpha = nn.Parameter(torch.tensor(_check_alpha(alpha)), requires_grad=learn_alpha)
 
     @torch.no_grad()
     def set_alpha(self, alpha: float):
         """Set α, e.g. from an annealing schedule."""
         self.alpha.fill_(_check_alpha(alpha))
-
-    @property
-    def step_size(self):
-        return positive(self.scale).detach()
-
-    def _set_step(self, step, qmin, qmax):
-        self.scale.copy_(step.reshape(self.scale.shape))
-
-    def _rescale_step(self, factor):
-        self.scale.mul_(factor)
 
     def _fake_quantize(self, x, qmin, qmax):
         step = channel_view(grad_scaled(positive(self.scale), 1.0 / math.sqrt(max(x.numel(), 1) * qmax)), x)
