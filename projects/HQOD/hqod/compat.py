@@ -13,13 +13,16 @@ the installed Detectron2 does not need it:
    (a gloo process group per CPU worker) and calls Detectron2's own ``launch`` when CUDA is present.
 4. v0.6's ``DefaultTrainer`` checkpoints no optimizer state (current Detectron2 adds it under ``_trainer``):
    ``DEFAULT_TRAINER_SAVES_OPTIMIZER`` tells ``HQODTrainer`` to add it itself.
-5. v0.6's Pascal VOC loader calls ``np.loadtxt(..., dtype=np.str)``, an alias numpy 1.24 removed: ``np.str`` is
+5. Detectron2 decorates functions with ``torch.jit.script``, which current torch deprecates with a FutureWarning
+   at every import: that one warning is silenced.
+6. v0.6's Pascal VOC loader calls ``np.loadtxt(..., dtype=np.str)``, an alias numpy 1.24 removed: ``np.str`` is
    restored as the builtin ``str`` it always was (only when missing). The VOC evaluator's ``np.bool`` needs no
    measure: numpy >= 2 defines ``np.bool`` again.
 """
 import importlib.util
 import sys
 import types
+import warnings
 
 import numpy as np
 import torch
@@ -54,6 +57,7 @@ def _has_compiled_detectron2() -> bool:
     return importlib.util.find_spec("detectron2._C") is not None
 
 
+warnings.filterwarnings("ignore", message=r"`torch.jit.script` is deprecated", category=FutureWarning)
 HAS_C_EXTENSION = _has_compiled_detectron2()
 if not HAS_C_EXTENSION:
     sys.modules.setdefault("detectron2._C", _MissingCExtension("detectron2._C"))
