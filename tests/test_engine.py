@@ -91,6 +91,18 @@ def test_quant_schedule_fake_quant_start_bn_freeze_and_bits():
     assert bns and all(not m.training for m in bns) and seen[3]["quant/bn_frozen"] == 1.0
 
 
+def test_quant_schedule_anneals_dsq_alpha_and_freezes_observers():
+    cfg = small_cfg("MODEL.QUANT.ENABLED", "True", "MODEL.QUANT.ALGORITHM", "DSQ",
+                    "MODEL.QUANT.SCHEDULE.DSQ_ALPHA.TYPE", "linear", "MODEL.QUANT.SCHEDULE.DSQ_ALPHA.END_ITER", "10",
+                    "MODEL.QUANT.SCHEDULE.DSQ_ALPHA.END_VALUE", "0.1", "MODEL.QUANT.SCHEDULE.OBSERVER_FREEZE_ITER", "2")
+    model = calibrated_model(cfg).train()
+    seen = run_hook(QuantScheduler(cfg), model, [0, 5, 10, 12])
+    assert seen[5]["quant/dsq_alpha"] == pytest.approx(0.25) and seen[12]["quant/dsq_alpha"] == pytest.approx(0.1)
+    assert all(float(q.alpha) == pytest.approx(0.1) for _, q in quantizers(model))
+    assert seen[0]["quant/observing"] == 1.0 and seen[5]["quant/observing"] == 0.0
+    assert not any(q.observe_enabled for _, q in quantizers(model))
+
+
 def test_quantizer_parameters_get_their_own_group():
     cfg = small_cfg("MODEL.QUANT.ENABLED", "True", "SOLVER.QUANT_LR_FACTOR", "0.1", "SOLVER.QUANT_WEIGHT_DECAY", "0.0")
     model = HQODTrainer.build_model(cfg)
