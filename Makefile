@@ -37,3 +37,12 @@ quickstart-qat: setup
 	test -f $(QUICKSTART_OUT)/model_final.pth || $(PY) train_net.py --config-file $(QUICKSTART)
 	$(PY) train_net.py --config-file $(QUICKSTART_QAT)
 	$(PY) tools/compare_runs.py $(QUICKSTART_OUT) output/shapes/retinanet_MNV2_lsq_hqod_w4a4
+
+# Does HQOD help? FP vs LSQ vs LSQ + HQOD at W4A4 and W2A2, RetinaNet and FCOS, deepforest and shapes, 3 seeds
+# (about 75 minutes on 2 cores); results, plots and report in benchmarks/, runs in output/bench/. Resumable.
+bench: setup
+	$(PY) tools/benchmark_hqod.py --mode full
+
+# The reduced bench (RetinaNet only, 2 seeds, shorter schedules): within 15 minutes on 2 cores.
+bench-quick: setup
+	$(PY) tools/benchmark_hqod.py --mode quick

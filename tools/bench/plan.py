@@ -1,0 +1,167 @@
+"""The benchmark plan: per mode, which train_net.py runs with which ``KEY VALUE`` overrides. Per data set and
+detector: one FP run; one calibration run per quantizer and bit width (train_net.py with one iteration at LR 0,
+no evaluation: the FP checkpoint with calibrated quantizers); then every QAT setting x seed from it, so that a
+baseline and its HQOD variant start from the very same calibrated model."""
+from dataclasses import dataclass
+
+QAT_SETTINGS = ("lsq_w4a4", "lsq_hqod_w4a4", "lsq_w2a2", "lsq_hqod_w2a2")
+TQT_SETTINGS = ("tqt_w4a4", "tqt_hqod_w4a4")
+FP_SETTING = "fp32"
+
+CLIP_OPTS = ("SOLVER.CLIP_GRADIENTS.ENABLED", "True", "SOLVER.CLIP_GRADIENTS.CLIP_TYPE", "norm",
+             "SOLVER.CLIP_GRADIENTS.CLIP_VALUE", "5.0")  # per-parameter norm, as the shapes RetinaNet quickstart
+
+FP_CONFIGS = {
+    ("shapes", "retinanet"): "configs/quickstart_retinanet_mnv2_shapes.yaml",
+    ("shapes", "fcos"): "configs/quickstart_fcos_mnv2_shapes.yaml",
+    ("deepforest", "retinanet"): "configs/deepforest/retinanet_MNV2_FPN_fp32.yaml",
+    ("deepforest", "fcos"): "configs/deepforest/fcos_MNV2_FPN_fp32.yaml",
+}
+
+
+BATCH = 4  # images per iteration, FP and QAT
+CALIB_IMAGES = 16  # training images the calibration run observes
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """A data set as the bench uses it: registered sets, val images, input sizes and the schedules."""
+    train: str
+    val: str
+    val_images: int  # the first N images of ``val`` (by id) are evaluated
+    train_size: int  # shorter = longer side while training (after the crop, if any)
+    test_size: int
+    crop: int  # square random training crop in pixels, 0 for none
+    fp_iters: int
+    qat_iters: int
+    fp_lr: float = 0.0  # FP learning rate; 0 keeps the FP config's
+
+
+DATA = {
+    "shapes": DataSpec("hqod_shapes_train", "hqod_shapes_val", val_images=60, train_size=192, test_size=192, crop=0,
+                       fp_iters=1200, qat_iters=150),
+    "deepforest": DataSpec("deepforest_train", "deepforest_val", val_images=13, train_size=256, test_size=400,
+                           crop=256, fp_iters=1000, qat_iters=80, fp_lr=0.005),
+}
+
+
+@dataclass(frozen=True)
+class Mode:
+    """One bench size: data sets, detectors, seeds and QAT settings. A run's settings do not depend on the mode,
+    so the runs of the quick mode are runs of the full mode too (and are reused by it)."""
+    name: str
+    datasets: tuple
+    detectors: tuple
+    seeds: tuple
+    settings: tuple
+    speed_iters: int
+
+
+MODES = {
+    "quick": Mode("quick", datasets=("shapes",), detectors=("retinanet",), seeds=(1, 2), settings=QAT_SETTINGS,
+                  speed_iters=5),
+    "full": Mode("full", datasets=("shapes", "deepforest"), detectors=("retinanet", "fcos"), seeds=(1, 2, 3),
+                 settings=QAT_SETTINGS, speed_iters=10),
+}
+
+
+@dataclass(frozen=True)
+class Run:
+    """One train_net.py invocation."""
+    dataset: str
+    detector: str
+    setting: str
+    seed: int
+    config: str
+    opts: tuple
+    output_dir: str
+    max_iter: int
+    evaluates: bool = True
+
+    @property
+    def key(self) -> str:
+        return f"{self.dataset}/{self.detector}/{self.setting}/seed{self.seed}"
+
+    @property
+    def is_fp(self) -> bool:
+        return self.setting == FP_SETTING
+
+
+def bits_of(setting: str) -> int:
+    """32 for FP, else the weight/activation bits in the setting's name (``..._w4a4`` -> 4)."""
+    return 32 if setting == FP_SETTING else int(setting.rsplit("_w", 1)[1][0])
+
+
+def baseline_of(setting: str) -> str:
+    """The setting without HQOD: ``lsq_hqod_w4a4`` -> ``lsq_w4a4``."""
+    return setting.replace("_hqod", "")
+
+
+def pairs(settings):
+    """``(baseline, with_hqod)`` setting pairs among ``settings``, e.g. ``("lsq_w4a4", "lsq_hqod_w4a4")``."""
+    result = []
+    for setting in settings:
+        algo, bits = setting.split("_", 1)
+        hqod = f"{algo}_hqod_{bits}"
+        if "hqod" not in setting and hqod in settings:
+            result.append((setting, hqod))
+    return result
+
+
+def schedule_opts(iters: int, warmup_fraction: float, steps: tuple) -> list:
+    """SOLVER overrides for ``iters`` iterations, warm-up and LR steps as fractions of the run."""
+    step_iters = tuple(int(iters * s) for s in steps)
+    return ["SOLVER.MAX_ITER", str(iters), "SOLVER.WARMUP_ITERS", str(max(1, int(iters * warmup_fraction))),
+            "SOLVER.STEPS", str(step_iters), "SOLVER.CHECKPOINT_PERIOD", str(iters)]
+
+
+def data_opts(spec: DataSpec, val_entry: str, val_name: str) -> list:
+    """Input sizes, crop and the val subset (registered through DATASETS.COCO_FORMAT)."""
+    opts = ["INPUT.MIN_SIZE_TRAIN", f"({spec.train_size},)", "INPUT.MAX_SIZE_TRAIN", str(spec.train_size),
+            "INPUT.MIN_SIZE_TEST", str(spec.test_size), "INPUT.MAX_SIZE_TEST", str(spec.test_size),
+            "DATASETS.COCO_FORMAT", repr([val_entry]), "DATASETS.TEST", repr((val_name,))]
+    if spec.crop:
+        opts += ["INPUT.CROP.ENABLED", "True", "INPUT.CROP.TYPE", "absolute",
+                 "INPUT.CROP.SIZE", f"[{spec.crop}, {spec.crop}]"]
+    return opts
+
+
+def build_plan(mode: Mode, root: str, device: str, val_sets: dict, tqt: bool = False) -> list:
+    """The runs of ``mode`` in execution order: per data set and detector FP, the calibrations, then seed by seed
+    every QAT setting (so an interrupted bench has whole seeds). ``val_sets``: data set -> (COCO_FORMAT entry, name)."""
+    settings = mode.settings + (TQT_SETTINGS if tqt else ())
+    runs = []
+    for dataset in mode.datasets:
+        spec = DATA[dataset]
+        common = ["MODEL.DEVICE", device, "DATALOADER.NUM_WORKERS", "0", "TEST.EVAL_PERIOD", "0",
+                  "SOLVER.IMS_PER_BATCH", str(BATCH), *CLIP_OPTS] + data_opts(spec, *val_sets[dataset])
+        for detector in mode.detectors:
+            base_dir = f"{root}/{dataset}/{detector}"
+            fp_dir = f"{base_dir}/{FP_SETTING}"
+            fp_lr = ["SOLVER.BASE_LR", str(spec.fp_lr)] if spec.fp_lr else []
+            runs.append(Run(dataset, detector, FP_SETTING, 0, FP_CONFIGS[dataset, detector],
+                            tuple(common + schedule_opts(spec.fp_iters, 0.1, (0.75, 0.9)) + fp_lr
+                                  + ["SEED", "0", "OUTPUT_DIR", fp_dir]), fp_dir, spec.fp_iters))
+            calibrated = {}
+            for base in dict.fromkeys(baseline_of(s) for s in settings):
+                out = f"{base_dir}/calib_{base}"
+                calibrated[base] = f"{out}/model_final.pth"
+                runs.append(Run(dataset, detector, f"calib_{base}", 0, qat_config(dataset, detector, base),
+                                tuple(common + ["SOLVER.MAX_ITER", "1", "SOLVER.BASE_LR", "0.0",
+                                                "SOLVER.CHECKPOINT_PERIOD", "1", "DATASETS.TEST", "()",
+                                                "MODEL.WEIGHTS", f"{fp_dir}/model_final.pth",
+                                                "MODEL.QUANT.CALIB_IMAGES", str(CALIB_IMAGES), "SEED", "0",
+                                                "OUTPUT_DIR", out]), out, 1, evaluates=False))
+            for seed in mode.seeds:
+                for setting in settings:
+                    out = f"{base_dir}/{setting}/seed{seed}"
+                    opts = common + schedule_opts(spec.qat_iters, 0.15, (2 / 3, 0.9)) + [
+                        "MODEL.WEIGHTS", calibrated[baseline_of(setting)],
+                        "MODEL.QUANT.CALIB_IMAGES", str(CALIB_IMAGES), "SEED", str(seed), "OUTPUT_DIR", out]
+                    runs.append(Run(dataset, detector, setting, seed, qat_config(dataset, detector, setting),
+                                    tuple(opts), out, spec.qat_iters))
+    return runs
+
+
+def qat_config(dataset: str, detector: str, setting: str) -> str:
+    return f"configs/{dataset}/{detector}_MNV2_{setting}.yaml"

@@ -1,0 +1,121 @@
+"""The bench's markdown report: settings, AP and harmony per setting, paired HQOD − baseline differences,
+per-run timings, the speed comparison and the figures, rendered from the results dict."""
+from .plan import FP_SETTING, bits_of
+from .plots import label
+
+
+def _pm(entry, scale=1.0, digits=1) -> str:
+    if not entry or entry.get("mean") is None:
+        return "–"
+    return f"{entry['mean'] * scale:.{digits}f} ± {entry['std'] * scale:.{digits}f}"
+
+
+def _num(value, digits=1) -> str:
+    return "–" if value is None else f"{value:.{digits}f}"
+
+
+def _settings_table(results) -> list:
+    lines = ["| data set / detector | run | train / test size | crop | batch | iters | LR | warm-up (factor) | "
+             "LR steps | calib images | test set |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    seen = set()
+    for record in results["runs"].values():
+        if record["setting"].startswith("calib_"):
+            continue
+        kind = FP_SETTING if record["setting"] == FP_SETTING else f"QAT W{bits_of(record['setting'])}"
+        c = record.get("config")
+        if not c or (record["dataset"], record["detector"], kind) in seen:
+            continue
+        seen.add((record["dataset"], record["detector"], kind))
+        lines.append(
+            f"| {record['dataset']} / {record['detector']} | {kind} | {c['min_size_train'][0]} / {c['min_size_test']} | "
+            f"{c['crop'][0] if c['crop'] else '–'} | {c['ims_per_batch']} | {c['max_iter']} | {c['base_lr']:g} | "
+            f"{c['warmup_iters']} ({c['warmup_factor']:g}) | {', '.join(map(str, c['steps']))} | "
+            f"{c.get('calib_images', '–')} | {c['test_sets'][0]} |")
+    configs = [r["config"] for r in results["runs"].values() if r.get("config")]
+    if configs:
+        c = configs[0]
+        lines += ["", f"Every run: SGD momentum {c['momentum']:g}, weight decay {c['weight_decay']:g}, gradient "
+                      f"clipping {c['clip_gradients'] or 'off'} (per-parameter L2 norm), warm-up and LR steps ×0.1 "
+                      f"as listed; QAT runs start from their calibration run's checkpoint (calibrated on the "
+                      f"listed number of training images, then one iteration at LR 0)."]
+    return lines
+
+
+def _results_table(results) -> list:
+    lines = ["| data set / detector | setting | seeds | AP | AP50 | AP75 | Pearson | Spearman |",
+             "|---|---|---|---|---|---|---|---|"]
+    for name, g in results["summary"]["groups"].items():
+        dataset, detector, setting = name.split("/")
+        if setting.startswith("calib_"):
+            continue
+        failed = f" ({len(g['failed'])} failed)" if g["failed"] else ""
+        lines.append(f"| {dataset} / {detector} | {label(setting)} | {len(g['seeds'])}{failed} | {_pm(g['bbox/AP'])} | "
+                     f"{_pm(g['bbox/AP50'])} | {_pm(g['bbox/AP75'])} | {_pm(g['harmony/pearson'], digits=3)} | "
+                     f"{_pm(g['harmony/spearman'], digits=3)} |")
+    return lines
+
+
+def _paired_table(results) -> list:
+    lines = ["| data set / detector | HQOD − baseline | ΔAP per seed | ΔAP | ΔAP50 | ΔAP75 | ΔPearson | "
+             "seeds with ΔAP > 0 |", "|---|---|---|---|---|---|---|---|"]
+    for p in results["summary"]["paired"]:
+        per_seed = ", ".join(_num(d) for d in p["bbox/AP"]["per_seed"])
+        lines.append(f"| {p['dataset']} / {p['detector']} | {label(p['hqod'])} − {label(p['baseline'])} | "
+                     f"{per_seed} | {_pm(p['bbox/AP'])} | {_pm(p['bbox/AP50'])} | {_pm(p['bbox/AP75'])} | "
+                     f"{_pm(p['harmony/pearson'], digits=3)} | {p['bbox/AP']['positive']} / {p['bbox/AP']['n']} |")
+    return lines
+
+
+def _timing_table(results) -> list:
+    lines = ["| data set / detector | setting | runs | wall s per run | s per iter | calibration s | "
+             "training s | evaluation s | peak RSS MB |", "|---|---|---|---|---|---|---|---|---|"]
+    for name, g in results["summary"]["groups"].items():
+        dataset, detector, setting = name.split("/")
+        t = g["timing"]
+        lines.append(f"| {dataset} / {detector} | {label(setting)} | {t['wall_s']['n']} | {_pm(t['wall_s'], digits=0)} | "
+                     f"{_pm(t['s_per_iter'], digits=2)} | {_pm(t['calib_s'], digits=0)} | "
+                     f"{_pm(t['train_s'], digits=0)} | {_pm(t['eval_s'], digits=0)} | {_pm(t['peak_rss_mb'], digits=0)} |")
+    return lines
+
+
+def _speed_lines(speed) -> list:
+    if not speed:
+        return ["(not measured)"]
+    models = speed["models"]
+    first = next((m for m in models.values() if "batch" in m), {})
+    lines = [f"{speed['dataset']} / {speed['detector']}, batch {first.get('batch')} × {first.get('image_hw')} px, "
+             f"{first.get('device')}, {first.get('threads')} thread(s); median of {speed['iters']} steps after "
+             f"{speed['warmup']} warm-up steps on one fixed training batch; FP: the bench's FP checkpoint, QAT: the "
+             f"calibration run's checkpoint made from it.", "",
+             "| model | s per train step | ratio to FP | peak RSS MB | CUDA peak MB |", "|---|---|---|---|---|"]
+    for setting, m in models.items():
+        if "error" in m:
+            lines.append(f"| {label(setting)} | failed: {m['error']} | | | |")
+            continue
+        lines.append(f"| {label(setting)} | {m['s_per_iter']:.3f} | {_num(m.get('ratio_to_fp'), 2)}× | "
+                     f"{m['peak_rss_mb']:.0f} | {_num(m.get('cuda_peak_mb'), 0)} |")
+    op = models.get("lsq_w4a4", {})
+    if op.get("op_ms"):
+        lines += ["", f"LSQ W4 op, forward + backward, on the model's largest quantized activation "
+                      f"{tuple(op['op_shape'])} (the model uses `hqod autograd.Function`):", ""]
+        lines += [f"- {name}: {ms:.2f} ms" for name, ms in op["op_ms"].items()]
+    return lines
+
+
+def render(results, figures) -> str:
+    """The whole report as markdown; ``figures`` are paths relative to the report's folder."""
+    host = results["host"]
+    failed = [r for r in results["runs"].values() if r["status"] != "ok"]
+    lines = [f"# HQOD bench, {results['mode']} mode", "",
+             f"Command: `{results['command']}`. Started {results['started']}, {results['wall_s'] / 60:.1f} min in "
+             f"all. {host['cpus']} CPU(s), torch {host['torch']}, device {host['device']}; load average "
+             f"{host['load_before']} before, {host['load_after']} after. Results: `{results['json']}`.", "",
+             "## Settings", ""] + _settings_table(results)
+    lines += ["", "## AP and harmony (mean ± std over seeds; FP: one run)", ""] + _results_table(results)
+    lines += ["", "## Paired difference HQOD − baseline, same seed", ""] + _paired_table(results)
+    lines += ["", "## Time and memory per run", ""] + _timing_table(results)
+    lines += ["", "## Speed", ""] + _speed_lines(results.get("speed"))
+    if failed:
+        lines += ["", "## Failed runs", ""] + [f"- `{r['key']}`: {r.get('error')}" for r in failed]
+    lines += ["", "## Figures", ""] + [f"![{f}]({f})" for f in figures]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,163 @@
+"""Run one train_net.py subprocess of the plan (or find it already done) and turn its outputs into a record:
+final AP and harmony from metrics.json, timings from log.txt, peak RSS from the child's rusage."""
+import datetime
+import json
+import math
+import os
+import pathlib
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+
+import yaml
+
+COMMAND_FILE = "bench_command.json"
+_STAMP = re.compile(r"^\[(\d\d/\d\d \d\d:\d\d:\d\d)\]")
+
+
+def command(run) -> list:
+    return [sys.executable, "train_net.py", "--config-file", run.config, *run.opts]
+
+
+def final_evaluation(run):
+    """The evaluation metrics.json holds for the last iteration of ``run``, or None."""
+    path = pathlib.Path(run.output_dir) / "metrics.json"
+    if not path.is_file():
+        return None
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    finals = [r for r in rows if "bbox/AP" in r and r.get("iteration", -1) >= run.max_iter - 1]
+    return finals[-1] if finals else None
+
+
+def finished(run) -> bool:
+    """Evaluated after its last iteration, or (a run without evaluation) its final checkpoint written."""
+    if run.evaluates:
+        return final_evaluation(run) is not None
+    return (pathlib.Path(run.output_dir) / "model_final.pth").is_file()
+
+
+def is_complete(run) -> bool:
+    """Finished, by the same command (so a run with changed settings runs again)."""
+    done = pathlib.Path(run.output_dir) / COMMAND_FILE
+    return done.is_file() and json.loads(done.read_text()) == command(run)[1:] and finished(run)
+
+
+def execute(run, timeout_s: float) -> dict:
+    """Run ``run`` from scratch; return its record (status "ok" or "failed" with the error)."""
+    out = pathlib.Path(run.output_dir)
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    cmd = command(run)
+    env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "2"))
+    start = time.monotonic()
+    with open(out / "stdout.txt", "w") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+        try:
+            status, rusage = _wait(proc, timeout_s)
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            raise
+    wall = time.monotonic() - start
+    rc = os.waitstatus_to_exitcode(status) if status is not None else None
+    record = {"wall_s": wall, "peak_rss_mb": rusage.ru_maxrss / 1024 if rusage else None, "rc": rc}
+    (out / COMMAND_FILE).write_text(json.dumps(cmd[1:]))
+    record.update(describe(run))
+    if status is None:
+        record.update(status="failed", error=f"timed out after {timeout_s:.0f} s")
+    elif rc != 0:
+        record.update(status="failed", error=_error_line(out / "stdout.txt", rc))
+    elif not finished(run):
+        record.update(status="failed", error="exited without its final evaluation or checkpoint")
+    return record
+
+
+def _wait(proc, timeout_s):
+    """``(wait status, rusage)`` of the finished child, or ``(None, None)`` after killing it at the timeout."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        pid, status, rusage = os.wait4(proc.pid, os.WNOHANG)
+        if pid:
+            proc.returncode = os.waitstatus_to_exitcode(status)
+            return status, rusage
+        time.sleep(0.5)
+    proc.kill()
+    proc.wait()
+    return None, None
+
+
+def _error_line(path: pathlib.Path, rc) -> str:
+    """The last line of the child's output that names an error, else its last line."""
+    lines = [line.strip() for line in path.read_text(errors="replace").splitlines() if line.strip()]
+    errors = [line for line in lines if re.search(r"^error: |\w+Error\b", line)]
+    return f"exit code {rc}: " + (errors[-1] if errors else lines[-1] if lines else "no output")[-500:]
+
+
+def describe(run) -> dict:
+    """The record of a run from its output folder: metrics of its final evaluation and its timings."""
+    record = {"key": run.key, "dataset": run.dataset, "detector": run.detector, "setting": run.setting,
+              "seed": run.seed, "output_dir": run.output_dir, "status": "ok"}
+    final = final_evaluation(run) or {}
+    record["metrics"] = {k: v for k, v in final.items() if k.startswith(("bbox/", "harmony/"))}
+    record.update(_timings(run))
+    record["config"] = effective_config(pathlib.Path(run.output_dir) / "config.yaml")
+    ap = record["metrics"].get("bbox/AP")
+    if run.evaluates and final and (ap is None or math.isnan(ap)):
+        record.update(status="failed", error="no detections (AP is NaN)")
+    return record
+
+
+def effective_config(path: pathlib.Path) -> dict:
+    """The settings a run used, from the config.yaml Detectron2 wrote into its output folder."""
+    if not path.is_file():
+        return {}
+    cfg = yaml.safe_load(path.read_text())
+    solver, inp, quant = cfg["SOLVER"], cfg["INPUT"], cfg["MODEL"]["QUANT"]
+    result = {k.lower(): solver[k] for k in ("IMS_PER_BATCH", "BASE_LR", "MAX_ITER", "STEPS", "WARMUP_ITERS",
+                                             "WARMUP_FACTOR", "WEIGHT_DECAY", "MOMENTUM")}
+    result.update(min_size_train=inp["MIN_SIZE_TRAIN"], max_size_train=inp["MAX_SIZE_TRAIN"],
+                  min_size_test=inp["MIN_SIZE_TEST"], max_size_test=inp["MAX_SIZE_TEST"],
+                  crop=inp["CROP"]["SIZE"] if inp["CROP"]["ENABLED"] else None, test_sets=cfg["DATASETS"]["TEST"],
+                  meta_architecture=cfg["MODEL"]["META_ARCHITECTURE"], weights=cfg["MODEL"]["WEIGHTS"],
+                  seed=cfg["SEED"], device=cfg["MODEL"]["DEVICE"],
+                  clip_gradients=solver["CLIP_GRADIENTS"]["CLIP_VALUE"] if solver["CLIP_GRADIENTS"]["ENABLED"] else None)
+    if quant["ENABLED"]:
+        result.update(algorithm=quant["ALGORITHM"], weight_bits=quant["WEIGHT_BITS"], act_bits=quant["ACT_BITS"],
+                      first_last_bits=quant["FIRST_LAST_BITS"], calib_images=quant["CALIB_IMAGES"],
+                      weight_observer=quant["WEIGHT_OBSERVER"], act_observer=quant["ACT_OBSERVER"])
+    return result
+
+
+def _timings(run) -> dict:
+    """Seconds per training iteration (median of metrics.json's ``time``); calibration, training and evaluation
+    seconds from log.txt's timestamps (1 s resolution; calibration 0 when the checkpoint was calibrated)."""
+    out = pathlib.Path(run.output_dir)
+    result = {}
+    metrics = out / "metrics.json"
+    if metrics.is_file():
+        times = [r["time"] for r in map(json.loads, metrics.read_text().splitlines()) if "time" in r]
+        result["s_per_iter"] = statistics.median(times) if times else None
+    log = out / "log.txt"
+    if not log.is_file():
+        return result
+    marks = {}
+    for line in log.read_text(errors="replace").splitlines():
+        stamp = _STAMP.match(line)
+        if not stamp:
+            continue
+        t = datetime.datetime.strptime(stamp.group(1), "%m/%d %H:%M:%S")
+        marks["last"] = t
+        for name, text in (("start", "Starting training from iteration"), ("calibrated", "Calibrated "),
+                           ("inference", "Start inference on")):
+            if text in line:
+                marks.setdefault(name, t)
+    train_start = marks.get("calibrated", marks.get("start"))
+    if "start" in marks:
+        result["calib_s"] = (train_start - marks["start"]).total_seconds()
+    if train_start and "inference" in marks:
+        result["train_s"] = (marks["inference"] - train_start).total_seconds()
+        result["eval_s"] = (marks["last"] - marks["inference"]).total_seconds()
+    return result

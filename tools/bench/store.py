@@ -1,0 +1,29 @@
+"""The results JSON: read it back for resuming, write it atomically with NaN and infinity as null."""
+import json
+import math
+import os
+import pathlib
+
+
+def _plain(value):
+    """``value`` with non-finite floats replaced by None (strict JSON), recursively."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def load(path: pathlib.Path) -> dict:
+    """The results of an earlier bench at ``path``, or ``{}``."""
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def save(path: pathlib.Path, results: dict) -> None:
+    """Write ``results`` to ``path`` whole or not at all."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(_plain(results), indent=1, sort_keys=True) + "\n")
+    os.replace(tmp, path)

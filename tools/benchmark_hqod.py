@@ -1,0 +1,151 @@
+#!/usr/bin/env python
+"""Does HQOD help? FP vs LSQ vs LSQ + HQOD at W4A4 and W2A2 on deepforest and hqod_shapes (MobileNetV2-FPN
+RetinaNet / FCOS), every run a train_net.py subprocess; AP, harmony, paired per-seed differences, speed, plots.
+
+    python tools/benchmark_hqod.py --mode quick   # make bench-quick: RetinaNet on shapes, 2 seeds
+    python tools/benchmark_hqod.py --mode full    # make bench: RetinaNet and FCOS on both data sets, 3 seeds
+
+Resumable: a run whose output folder holds the final evaluation of the same command is not run again, and the
+quick mode's runs are runs of the full mode too. Runs go to output/bench/; results_<mode>.json, results_<mode>.md
+and the PNGs go to benchmarks/. On a CUDA machine every run gets MODEL.DEVICE cuda.
+"""
+import argparse
+import dataclasses
+import datetime
+import os
+import pathlib
+import shlex
+import signal
+import sys
+import time
+
+import hqod  # noqa: F401  (before any detectron2 import)
+import torch
+
+from bench import plots, report, speed, store
+from bench.data import ground_truth, write_val_subset
+from bench.plan import BATCH, CALIB_IMAGES, DATA, FP_SETTING, MODES, build_plan
+from bench.runs import describe, execute, is_complete
+from bench.summary import groups, paired
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def host_info(device: str) -> dict:
+    name = torch.cuda.get_device_name() if device == "cuda" else "cpu"
+    return {"cpus": os.cpu_count(), "torch": torch.__version__, "device": name,
+            "load_before": [round(v, 2) for v in os.getloadavg()]}
+
+
+def run_all(runs, results, json_path, timeout_s):
+    """Run (or reuse) every run in order, saving the results after each; a run whose MODEL.WEIGHTS come from a
+    failed run fails too."""
+    previous = results["runs"]
+    results["runs"] = {}
+    failed_outputs = set()
+    for i, run in enumerate(runs, 1):
+        weights = dict(zip(run.opts[::2], run.opts[1::2])).get("MODEL.WEIGHTS")
+        if weights in failed_outputs:
+            record = dict(describe(run), status="failed", error=f"{weights} was not made (that run failed)")
+        elif is_complete(run):
+            old = previous.get(run.key, {})
+            record = old if old.get("status") == "ok" and "wall_s" in old else describe(run)
+        else:
+            print(f"[{i}/{len(runs)}] {run.key} ...", flush=True)
+            record = execute(run, timeout_s)
+        if record["status"] != "ok":
+            failed_outputs.add(f"{run.output_dir}/model_final.pth")
+        results["runs"][run.key] = record
+        store.save(json_path, results)
+        print(f"[{i}/{len(runs)}] {progress_line(record)}", flush=True)
+
+
+def progress_line(record) -> str:
+    """``key: status, AP, Pearson, wall time`` (or the error) of one run."""
+    parts = [f"{record['key']}: {record['status']}"]
+    for name, digits in (("bbox/AP", 1), ("harmony/pearson", 3)):
+        value = record.get("metrics", {}).get(name)
+        if value is not None:
+            parts.append(f"{name.split('/')[1]} {value:.{digits}f}")
+    if record.get("wall_s") is not None:
+        parts.append(f"{record['wall_s']:.0f} s")
+    if record.get("error"):
+        parts.append(record["error"])
+    return ", ".join(parts)
+
+
+def draw(runs, records, summary_groups, val_jsons, mode, out_dir):
+    """The hexbin figure of each data set and detector (first successful seed) and AP against bits."""
+    figures, combos = [], []
+    for dataset in mode.datasets:
+        gt = ground_truth(val_jsons[dataset])
+        for detector in mode.detectors:
+            first = {}
+            for run in runs:
+                rec = records.get(run.key, {})
+                if (run.dataset, run.detector) == (dataset, detector) and rec.get("status") == "ok":
+                    first.setdefault(run.setting, run)
+            panels = [(plots.label(s) + ("" if s == FP_SETTING else f", seed {first[s].seed}"),
+                       pathlib.Path(first[s].output_dir) / "inference" / f"bench_{DATA[dataset].val}" /
+                       "coco_instances_results.json") for s in (FP_SETTING,) + mode.settings if s in first]
+            if panels:
+                name = f"{mode.name}_hexbin_{dataset}_{detector}.png"
+                plots.hexbins(out_dir / name, panels, gt, f"{dataset} / {detector}: score vs IoU on "
+                              f"bench_{DATA[dataset].val} (true positives and misclassified)")
+                figures.append(name)
+            combos.append((dataset, detector, [r for r in records.values()
+                                               if (r["dataset"], r["detector"]) == (dataset, detector)]))
+    name = f"{mode.name}_ap_vs_bits.png"
+    plots.ap_vs_bits(out_dir / name, summary_groups, combos)
+    return [name] + figures
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--mode", choices=sorted(MODES), default="quick")
+    parser.add_argument("--tqt", action="store_true", help="also TQT W4A4 with and without HQOD")
+    parser.add_argument("--runs-dir", default="output/bench", help="train_net.py outputs (shared by the modes)")
+    parser.add_argument("--out-dir", default="benchmarks", help="results JSON, markdown and PNGs")
+    parser.add_argument("--run-timeout", type=float, default=1800, help="seconds before a run is killed as failed")
+    parser.add_argument("--skip-speed", action="store_true", help="leave out the speed and memory comparison")
+    parser.add_argument("--dry-run", action="store_true", help="print the train_net.py commands and stop")
+    args = parser.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # SystemExit: the running train_net.py is killed too
+    os.chdir(ROOT)
+    started, start = datetime.datetime.now().isoformat(timespec="seconds"), time.monotonic()
+    mode = MODES[args.mode]
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    runs_root = pathlib.Path(args.runs_dir)
+    out_dir = pathlib.Path(args.out_dir)
+    json_path = out_dir / f"results_{mode.name}.json"
+    val_sets = {d: write_val_subset(DATA[d].val, DATA[d].val_images, runs_root / "data") for d in mode.datasets}
+    runs = build_plan(mode, str(runs_root), device, val_sets, tqt=args.tqt)
+    if args.dry_run:
+        for run in runs:
+            print(shlex.join(["python", "train_net.py", "--config-file", run.config, *run.opts]))
+        return
+    results = {"schema": 1, "mode": mode.name, "command": shlex.join(["python", "tools/benchmark_hqod.py", *sys.argv[1:]]),
+               "started": started, "host": host_info(device), "json": str(json_path),
+               "plan": {"mode": dataclasses.asdict(mode), "data": {d: dataclasses.asdict(DATA[d]) for d in mode.datasets},
+                        "batch": BATCH, "calib_images": CALIB_IMAGES, "tqt": args.tqt},
+               "runs": store.load(json_path).get("runs", {})}
+    run_all(runs, results, json_path, args.run_timeout)
+    if not args.skip_speed:
+        print("speed and memory: FP, LSQ W4A4, LSQ + HQOD W4A4 ...", flush=True)
+        results["speed"] = speed.measure(runs, mode.speed_iters, 2, args.run_timeout)
+    records = list(results["runs"].values())
+    settings = tuple(dict.fromkeys(r.setting for r in runs if r.evaluates and not r.is_fp))
+    results["summary"] = {"groups": groups(records), "paired": paired(records, settings)}
+    figures = draw(runs, results["runs"], results["summary"]["groups"],
+                   {d: entry.split(":")[1] for d, (entry, _) in val_sets.items()}, mode, out_dir)
+    results["host"]["load_after"] = [round(v, 2) for v in os.getloadavg()]
+    results["wall_s"] = time.monotonic() - start
+    results["runs_wall_s"] = sum(r.get("wall_s") or 0 for r in records)
+    store.save(json_path, results)
+    markdown = out_dir / f"results_{mode.name}.md"
+    markdown.write_text(report.render(results, figures))
+    print(f"wrote {json_path}, {markdown} and {len(figures)} figures in {results['wall_s'] / 60:.1f} min", flush=True)
+
+
+if __name__ == "__main__":
+    main()
