@@ -39,10 +39,10 @@ quickstart-qat: setup
 	$(PY) tools/compare_runs.py $(QUICKSTART_OUT) output/shapes/retinanet_MNV2_lsq_hqod_w4a4
 
 # Does HQOD help? FP vs LSQ vs LSQ + HQOD at W4A4 and W2A2, RetinaNet and FCOS, deepforest and shapes, 3 seeds
-# (about 75 minutes on 2 cores); results, plots and report in benchmarks/, runs in output/bench/. Resumable.
+# (about 61 minutes on 2 idle cores); results, plots and report in benchmarks/, runs in output/bench/. Resumable.
 bench: setup
 	$(PY) tools/benchmark_hqod.py --mode full
 
-# The reduced bench (RetinaNet only, 2 seeds, shorter schedules): within 15 minutes on 2 cores.
+# The reduced bench (RetinaNet on shapes, 2 seeds: the first 11 runs of `bench`), about 11 minutes on 2 cores.
 bench-quick: setup
 	$(PY) tools/benchmark_hqod.py --mode quick

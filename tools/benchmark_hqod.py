@@ -23,12 +23,28 @@ import hqod  # noqa: F401  (before any detectron2 import)
 import torch
 
 from bench import plots, report, speed, store
-from bench.data import ground_truth, write_val_subset
+from bench.data import ground_truth, write_train_crops, write_val_subset
 from bench.plan import BATCH, CALIB_IMAGES, DATA, FP_SETTING, MODES, build_plan
 from bench.runs import describe, execute, is_complete
 from bench.summary import groups, paired
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def bench_sets(spec, data_dir: pathlib.Path) -> dict:
+    """The val subset and (with ``spec.crop``) the training crops: COCO_FORMAT entries (val first) and names."""
+    val_entry, val = write_val_subset(spec.val, spec.val_images, data_dir)
+    train_entry, train = write_train_crops(spec.train, spec.crop, data_dir) if spec.crop else (None, None)
+    return {"entries": [e for e in (val_entry, train_entry) if e], "val": val, "train": train}
+
+
+def earlier_records(out_dir: pathlib.Path, json_path: pathlib.Path) -> dict:
+    """Run records of earlier benches in ``out_dir`` (this mode's last, so they win): a reused run keeps the time
+    and memory measured when it ran."""
+    records = {}
+    for path in sorted(out_dir.glob("results_*.json"), key=lambda p: p == json_path):
+        records.update(store.load(path).get("runs", {}))
+    return records
 
 
 def host_info(device: str) -> dict:
@@ -39,20 +55,19 @@ def host_info(device: str) -> dict:
 
 def run_all(runs, results, json_path, timeout_s):
     """Run (or reuse) every run in order, saving the results after each; a run whose MODEL.WEIGHTS come from a
-    failed run fails too."""
+    failed run fails too. ``results["runs"]`` holds the earlier records on entry."""
     previous = results["runs"]
     results["runs"] = {}
     failed_outputs = set()
     for i, run in enumerate(runs, 1):
-        weights = dict(zip(run.opts[::2], run.opts[1::2])).get("MODEL.WEIGHTS")
-        if weights in failed_outputs:
-            record = dict(describe(run), status="failed", error=f"{weights} was not made (that run failed)")
+        if run.weights in failed_outputs:
+            record = dict(describe(run), status="failed", error=f"{run.weights} was not made (that run failed)")
         elif is_complete(run):
-            old = previous.get(run.key, {})
-            record = old if old.get("status") == "ok" and "wall_s" in old else describe(run)
+            measured = {k: v for k, v in previous.get(run.key, {}).items() if k in ("wall_s", "peak_rss_mb", "rc")}
+            record = dict(describe(run), **measured, reused=True)
         else:
             print(f"[{i}/{len(runs)}] {run.key} ...", flush=True)
-            record = execute(run, timeout_s)
+            record = dict(execute(run, timeout_s), reused=False)
         if record["status"] != "ok":
             failed_outputs.add(f"{run.output_dir}/model_final.pth")
         results["runs"][run.key] = record
@@ -74,11 +89,12 @@ def progress_line(record) -> str:
     return ", ".join(parts)
 
 
-def draw(runs, records, summary_groups, val_jsons, mode, out_dir):
+def draw(runs, records, summary_groups, data_sets, mode, out_dir):
     """The hexbin figure of each data set and detector (first successful seed) and AP against bits."""
     figures, combos = [], []
     for dataset in mode.datasets:
-        gt = ground_truth(val_jsons[dataset])
+        val = data_sets[dataset]["val"]
+        gt = ground_truth(data_sets[dataset]["entries"][0].split(":")[1])
         for detector in mode.detectors:
             first = {}
             for run in runs:
@@ -86,12 +102,12 @@ def draw(runs, records, summary_groups, val_jsons, mode, out_dir):
                 if (run.dataset, run.detector) == (dataset, detector) and rec.get("status") == "ok":
                     first.setdefault(run.setting, run)
             panels = [(plots.label(s) + ("" if s == FP_SETTING else f", seed {first[s].seed}"),
-                       pathlib.Path(first[s].output_dir) / "inference" / f"bench_{DATA[dataset].val}" /
+                       pathlib.Path(first[s].output_dir) / "inference" / val /
                        "coco_instances_results.json") for s in (FP_SETTING,) + mode.settings if s in first]
             if panels:
                 name = f"{mode.name}_hexbin_{dataset}_{detector}.png"
                 plots.hexbins(out_dir / name, panels, gt, f"{dataset} / {detector}: score vs IoU on "
-                              f"bench_{DATA[dataset].val} (true positives and misclassified)")
+                              f"{val} (true positives and misclassified)")
                 figures.append(name)
             combos.append((dataset, detector, [r for r in records.values()
                                                if (r["dataset"], r["detector"]) == (dataset, detector)]))
@@ -118,17 +134,18 @@ def main():
     runs_root = pathlib.Path(args.runs_dir)
     out_dir = pathlib.Path(args.out_dir)
     json_path = out_dir / f"results_{mode.name}.json"
-    val_sets = {d: write_val_subset(DATA[d].val, DATA[d].val_images, runs_root / "data") for d in mode.datasets}
-    runs = build_plan(mode, str(runs_root), device, val_sets, tqt=args.tqt)
+    data_sets = {d: bench_sets(DATA[d], runs_root / "data") for d in mode.datasets}
+    runs = build_plan(mode, str(runs_root), device, data_sets, tqt=args.tqt)
     if args.dry_run:
         for run in runs:
             print(shlex.join(["python", "train_net.py", "--config-file", run.config, *run.opts]))
         return
-    results = {"schema": 1, "mode": mode.name, "command": shlex.join(["python", "tools/benchmark_hqod.py", *sys.argv[1:]]),
-               "started": started, "host": host_info(device), "json": str(json_path),
-               "plan": {"mode": dataclasses.asdict(mode), "data": {d: dataclasses.asdict(DATA[d]) for d in mode.datasets},
-                        "batch": BATCH, "calib_images": CALIB_IMAGES, "tqt": args.tqt},
-               "runs": store.load(json_path).get("runs", {})}
+    data = {d: dataclasses.asdict(DATA[d]) for d in mode.datasets}
+    results = {"schema": 1, "mode": mode.name, "started": started, "host": host_info(device), "json": str(json_path),
+               "command": shlex.join(["python", "tools/benchmark_hqod.py", *sys.argv[1:]]),
+               "plan": {"mode": dataclasses.asdict(mode), "data": data, "batch": BATCH, "calib_images": CALIB_IMAGES,
+                        "tqt": args.tqt},
+               "runs": earlier_records(out_dir, json_path)}
     run_all(runs, results, json_path, args.run_timeout)
     if not args.skip_speed:
         print("speed and memory: FP, LSQ W4A4, LSQ + HQOD W4A4 ...", flush=True)
@@ -136,8 +153,7 @@ def main():
     records = list(results["runs"].values())
     settings = tuple(dict.fromkeys(r.setting for r in runs if r.evaluates and not r.is_fp))
     results["summary"] = {"groups": groups(records), "paired": paired(records, settings)}
-    figures = draw(runs, results["runs"], results["summary"]["groups"],
-                   {d: entry.split(":")[1] for d, (entry, _) in val_sets.items()}, mode, out_dir)
+    figures = draw(runs, results["runs"], results["summary"]["groups"], data_sets, mode, out_dir)
     results["host"]["load_after"] = [round(v, 2) for v in os.getloadavg()]
     results["wall_s"] = time.monotonic() - start
     results["runs_wall_s"] = sum(r.get("wall_s") or 0 for r in records)

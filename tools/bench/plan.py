@@ -31,17 +31,17 @@ class DataSpec:
     val_images: int  # the first N images of ``val`` (by id) are evaluated
     train_size: int  # shorter = longer side while training (after the crop, if any)
     test_size: int
-    crop: int  # square random training crop in pixels, 0 for none
+    crop: int  # train on fixed square crops of this size cut from the training images (bench.data), 0: whole images
     fp_iters: int
     qat_iters: int
     fp_lr: float = 0.0  # FP learning rate; 0 keeps the FP config's
 
 
 DATA = {
-    "shapes": DataSpec("hqod_shapes_train", "hqod_shapes_val", val_images=60, train_size=192, test_size=192, crop=0,
+    "shapes": DataSpec("hqod_shapes_train", "hqod_shapes_val", val_images=100, train_size=192, test_size=192, crop=0,
                        fp_iters=1200, qat_iters=150),
     "deepforest": DataSpec("deepforest_train", "deepforest_val", val_images=13, train_size=256, test_size=400,
-                           crop=256, fp_iters=1000, qat_iters=80, fp_lr=0.005),
+                           crop=256, fp_iters=1000, qat_iters=80, fp_lr=0.005),  # 155 crops of the 43 tiles
 }
 
 
@@ -83,6 +83,11 @@ class Run:
         return f"{self.dataset}/{self.detector}/{self.setting}/seed{self.seed}"
 
     @property
+    def weights(self) -> str:
+        """MODEL.WEIGHTS as overridden on the command line ("" when the config's are used)."""
+        return dict(zip(self.opts[::2], self.opts[1::2])).get("MODEL.WEIGHTS", "")
+
+    @property
     def is_fp(self) -> bool:
         return self.setting == FP_SETTING
 
@@ -115,26 +120,25 @@ def schedule_opts(iters: int, warmup_fraction: float, steps: tuple) -> list:
             "SOLVER.STEPS", str(step_iters), "SOLVER.CHECKPOINT_PERIOD", str(iters)]
 
 
-def data_opts(spec: DataSpec, val_entry: str, val_name: str) -> list:
-    """Input sizes, crop and the val subset (registered through DATASETS.COCO_FORMAT)."""
+def data_opts(spec: DataSpec, sets: dict) -> list:
+    """Input sizes and the bench's own data sets (``sets``: COCO_FORMAT ``entries``, ``train`` or None, ``val``)."""
     opts = ["INPUT.MIN_SIZE_TRAIN", f"({spec.train_size},)", "INPUT.MAX_SIZE_TRAIN", str(spec.train_size),
             "INPUT.MIN_SIZE_TEST", str(spec.test_size), "INPUT.MAX_SIZE_TEST", str(spec.test_size),
-            "DATASETS.COCO_FORMAT", repr([val_entry]), "DATASETS.TEST", repr((val_name,))]
-    if spec.crop:
-        opts += ["INPUT.CROP.ENABLED", "True", "INPUT.CROP.TYPE", "absolute",
-                 "INPUT.CROP.SIZE", f"[{spec.crop}, {spec.crop}]"]
+            "DATASETS.COCO_FORMAT", repr(sets["entries"]), "DATASETS.TEST", repr((sets["val"],))]
+    if sets["train"]:
+        opts += ["DATASETS.TRAIN", repr((sets["train"],))]
     return opts
 
 
-def build_plan(mode: Mode, root: str, device: str, val_sets: dict, tqt: bool = False) -> list:
+def build_plan(mode: Mode, root: str, device: str, data_sets: dict, tqt: bool = False) -> list:
     """The runs of ``mode`` in execution order: per data set and detector FP, the calibrations, then seed by seed
-    every QAT setting (so an interrupted bench has whole seeds). ``val_sets``: data set -> (COCO_FORMAT entry, name)."""
+    every QAT setting (so an interrupted bench has whole seeds). ``data_sets``: data set -> ``data_opts``' sets."""
     settings = mode.settings + (TQT_SETTINGS if tqt else ())
     runs = []
     for dataset in mode.datasets:
         spec = DATA[dataset]
         common = ["MODEL.DEVICE", device, "DATALOADER.NUM_WORKERS", "0", "TEST.EVAL_PERIOD", "0",
-                  "SOLVER.IMS_PER_BATCH", str(BATCH), *CLIP_OPTS] + data_opts(spec, *val_sets[dataset])
+                  "SOLVER.IMS_PER_BATCH", str(BATCH), *CLIP_OPTS] + data_opts(spec, data_sets[dataset])
         for detector in mode.detectors:
             base_dir = f"{root}/{dataset}/{detector}"
             fp_dir = f"{base_dir}/{FP_SETTING}"

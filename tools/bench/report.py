@@ -4,10 +4,11 @@ from .plan import FP_SETTING, bits_of
 from .plots import label
 
 
-def _pm(entry, scale=1.0, digits=1) -> str:
+def _pm(entry, digits=1) -> str:
+    """``mean ± std`` of a spread, or a dash when it has no values."""
     if not entry or entry.get("mean") is None:
         return "–"
-    return f"{entry['mean'] * scale:.{digits}f} ± {entry['std'] * scale:.{digits}f}"
+    return f"{entry['mean']:.{digits}f} ± {entry['std']:.{digits}f}"
 
 
 def _num(value, digits=1) -> str:
@@ -15,8 +16,8 @@ def _num(value, digits=1) -> str:
 
 
 def _settings_table(results) -> list:
-    lines = ["| data set / detector | run | train / test size | crop | batch | iters | LR | warm-up (factor) | "
-             "LR steps | calib images | test set |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| data set / detector | run | train set | test set | train / test size | batch | iters | LR | "
+             "warm-up (factor) | LR steps | calib images |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     seen = set()
     for record in results["runs"].values():
         if record["setting"].startswith("calib_"):
@@ -27,10 +28,10 @@ def _settings_table(results) -> list:
             continue
         seen.add((record["dataset"], record["detector"], kind))
         lines.append(
-            f"| {record['dataset']} / {record['detector']} | {kind} | {c['min_size_train'][0]} / {c['min_size_test']} | "
-            f"{c['crop'][0] if c['crop'] else '–'} | {c['ims_per_batch']} | {c['max_iter']} | {c['base_lr']:g} | "
-            f"{c['warmup_iters']} ({c['warmup_factor']:g}) | {', '.join(map(str, c['steps']))} | "
-            f"{c.get('calib_images', '–')} | {c['test_sets'][0]} |")
+            f"| {record['dataset']} / {record['detector']} | {kind} | {c['train_sets'][0]} | {c['test_sets'][0]} | "
+            f"{c['min_size_train'][0]} / {c['min_size_test']} | {c['ims_per_batch']} | {c['max_iter']} | "
+            f"{c['base_lr']:g} | {c['warmup_iters']} ({c['warmup_factor']:g}) | {', '.join(map(str, c['steps']))} | "
+            f"{c.get('calib_images', '–')} |")
     configs = [r["config"] for r in results["runs"].values() if r.get("config")]
     if configs:
         c = configs[0]
@@ -72,9 +73,9 @@ def _timing_table(results) -> list:
     for name, g in results["summary"]["groups"].items():
         dataset, detector, setting = name.split("/")
         t = g["timing"]
-        lines.append(f"| {dataset} / {detector} | {label(setting)} | {t['wall_s']['n']} | {_pm(t['wall_s'], digits=0)} | "
-                     f"{_pm(t['s_per_iter'], digits=2)} | {_pm(t['calib_s'], digits=0)} | "
-                     f"{_pm(t['train_s'], digits=0)} | {_pm(t['eval_s'], digits=0)} | {_pm(t['peak_rss_mb'], digits=0)} |")
+        cells = [_pm(t["wall_s"], digits=0), _pm(t["s_per_iter"], digits=2)] + [
+            _pm(t[name], digits=0) for name in ("calib_s", "train_s", "eval_s", "peak_rss_mb")]
+        lines.append(f"| {dataset} / {detector} | {label(setting)} | {t['wall_s']['n']} | " + " | ".join(cells) + " |")
     return lines
 
 
@@ -106,10 +107,13 @@ def render(results, figures) -> str:
     """The whole report as markdown; ``figures`` are paths relative to the report's folder."""
     host = results["host"]
     failed = [r for r in results["runs"].values() if r["status"] != "ok"]
+    reused = sum(1 for r in results["runs"].values() if r.get("reused"))
     lines = [f"# HQOD bench, {results['mode']} mode", "",
              f"Command: `{results['command']}`. Started {results['started']}, {results['wall_s'] / 60:.1f} min in "
              f"all. {host['cpus']} CPU(s), torch {host['torch']}, device {host['device']}; load average "
-             f"{host['load_before']} before, {host['load_after']} after. Results: `{results['json']}`.", "",
+             f"{host['load_before']} before, {host['load_after']} after. {len(results['runs'])} runs, "
+             f"{reused} of them done by an earlier invocation (their times are from then), "
+             f"{results['runs_wall_s'] / 60:.1f} min of run time in all. Results: `{results['json']}`.", "",
              "## Settings", ""] + _settings_table(results)
     lines += ["", "## AP and harmony (mean ± std over seeds; FP: one run)", ""] + _results_table(results)
     lines += ["", "## Paired difference HQOD − baseline, same seed", ""] + _paired_table(results)

@@ -40,9 +40,13 @@ def finished(run) -> bool:
 
 
 def is_complete(run) -> bool:
-    """Finished, by the same command (so a run with changed settings runs again)."""
+    """Finished, by the same command (so a run with changed settings runs again), after its MODEL.WEIGHTS file was
+    last written (so a run whose FP or calibration run was redone runs again)."""
     done = pathlib.Path(run.output_dir) / COMMAND_FILE
-    return done.is_file() and json.loads(done.read_text()) == command(run)[1:] and finished(run)
+    if not (done.is_file() and json.loads(done.read_text()) == command(run)[1:] and finished(run)):
+        return False
+    weights = pathlib.Path(run.weights)
+    return not weights.is_file() or weights.stat().st_mtime <= done.stat().st_mtime
 
 
 def execute(run, timeout_s: float) -> dict:
@@ -120,10 +124,11 @@ def effective_config(path: pathlib.Path) -> dict:
                                              "WARMUP_FACTOR", "WEIGHT_DECAY", "MOMENTUM")}
     result.update(min_size_train=inp["MIN_SIZE_TRAIN"], max_size_train=inp["MAX_SIZE_TRAIN"],
                   min_size_test=inp["MIN_SIZE_TEST"], max_size_test=inp["MAX_SIZE_TEST"],
-                  crop=inp["CROP"]["SIZE"] if inp["CROP"]["ENABLED"] else None, test_sets=cfg["DATASETS"]["TEST"],
+                  train_sets=cfg["DATASETS"]["TRAIN"], test_sets=cfg["DATASETS"]["TEST"],
                   meta_architecture=cfg["MODEL"]["META_ARCHITECTURE"], weights=cfg["MODEL"]["WEIGHTS"],
                   seed=cfg["SEED"], device=cfg["MODEL"]["DEVICE"],
-                  clip_gradients=solver["CLIP_GRADIENTS"]["CLIP_VALUE"] if solver["CLIP_GRADIENTS"]["ENABLED"] else None)
+                  clip_gradients=solver["CLIP_GRADIENTS"]["CLIP_VALUE"] if solver["CLIP_GRADIENTS"]["ENABLED"]
+                  else None)
     if quant["ENABLED"]:
         result.update(algorithm=quant["ALGORITHM"], weight_bits=quant["WEIGHT_BITS"], act_bits=quant["ACT_BITS"],
                       first_last_bits=quant["FIRST_LAST_BITS"], calib_images=quant["CALIB_IMAGES"],

@@ -25,5 +25,5 @@ def save(path: pathlib.Path, results: dict) -> None:
     """Write ``results`` to ``path`` whole or not at all."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(_plain(results), indent=1, sort_keys=True) + "\n")
+    tmp.write_text(json.dumps(_plain(results), indent=1) + "\n")
     os.replace(tmp, path)
