@@ -79,33 +79,37 @@ class QuantScheduler(HookBase):
         self._scheduled = None  # {quantizer: "weight" | "act"}: those a bit schedule moves (not first/last/overrides)
 
     def before_train(self):
-        self._scheduled = {q: "weight" if ".weight_quant" in name else "act"
-                           for name, q in quantizers(unwrap(self.trainer.model)) if q.follows_schedule}
+        """Collect once what the schedule touches: the model's structure does not change while training."""
+        model = unwrap(self.trainer.model)
+        named = list(quantizers(model))
+        self._quantizers = [q for _, q in named]
+        self._scheduled = {q: "weight" if ".weight_quant" in name else "act" for name, q in named if q.follows_schedule}
+        self._dsq = [q for q in self._quantizers if isinstance(q, DSQQuantizer)]
+        self._bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        self._quant_state = None  # (observe, fake_quant) last applied
 
     def before_step(self):
-        model = unwrap(self.trainer.model)
-        if not is_quantized(model):
+        if not self._quantizers:
             return
         it, sched, storage = self.trainer.iter, self._sched, self.trainer.storage
-        fake_quant = it >= sched.FAKE_QUANT_START_ITER
-        observe = it < sched.OBSERVER_FREEZE_ITER
-        set_quant_state(model, observe=observe, fake_quant=fake_quant)
-        storage.put_scalar("quant/fake_quant", float(fake_quant), smoothing_hint=False)
-        storage.put_scalar("quant/observing", float(observe), smoothing_hint=False)
+        state = (it < sched.OBSERVER_FREEZE_ITER, it >= sched.FAKE_QUANT_START_ITER)
+        if state != self._quant_state:
+            set_quant_state(unwrap(self.trainer.model), observe=state[0], fake_quant=state[1])
+            self._quant_state = state
+        storage.put_scalar("quant/observing", float(state[0]), smoothing_hint=False)
+        storage.put_scalar("quant/fake_quant", float(state[1]), smoothing_hint=False)
         bn_frozen = 0 <= sched.BN_FREEZE_ITER <= it
-        if bn_frozen:
-            for module in model.modules():
-                if isinstance(module, nn.modules.batchnorm._BatchNorm):
-                    module.eval()
+        if bn_frozen:  # every step: evaluation switches the model back to train mode
+            for bn in self._bns:
+                bn.eval()
         storage.put_scalar("quant/bn_frozen", float(bn_frozen), smoothing_hint=False)
-        dsq = [q for _, q in quantizers(model) if isinstance(q, DSQQuantizer)]
-        if dsq and sched.DSQ_ALPHA.TYPE != "constant":
+        if self._dsq and sched.DSQ_ALPHA.TYPE != "constant":
             alpha = ramp(sched.DSQ_ALPHA.TYPE, it, sched.DSQ_ALPHA.START_ITER, sched.DSQ_ALPHA.END_ITER,
                          self._dsq_start, sched.DSQ_ALPHA.END_VALUE)
-            for q in dsq:
+            for q in self._dsq:
                 q.set_alpha(alpha)
-        if dsq:
-            storage.put_scalar("quant/dsq_alpha", float(dsq[0].alpha), smoothing_hint=False)
+        if self._dsq:
+            storage.put_scalar("quant/dsq_alpha", float(self._dsq[0].alpha), smoothing_hint=False)
         wbits, abits = self._current_bits(it)
         for q, kind in self._scheduled.items():
             bits = wbits if kind == "weight" else abits
@@ -116,7 +120,7 @@ class QuantScheduler(HookBase):
 
     def after_step(self):
         if self.trainer.iter < self._sched.OBSERVER_FREEZE_ITER:
-            for _, q in quantizers(unwrap(self.trainer.model)):
+            for q in self._quantizers:
                 q.finish_calibration()
 
     def _current_bits(self, it):
