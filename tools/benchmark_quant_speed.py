@@ -102,8 +102,23 @@ def op_benchmark(args, shape):
             impl().backward(dy)
         ms = timed(run, args.device, args.iters * 3, args.warmup)
         run()
-        results[name] = (ms, x.grad.clone(), step.grad.clone())
+        results[name] = (ms, x.grad.clone(), step.grad.clone(), saved_for_backward_mb(impl, x))
     return results
+
+
+def saved_for_backward_mb(fn, x) -> float:
+    """MB that ``fn()``'s autograd graph keeps for backward beyond the input ``x`` (distinct storages): the
+    activation memory the op adds to a training step."""
+    storages = {}
+
+    def pack(t):
+        storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn()
+    storages.pop(x.untyped_storage().data_ptr(), None)
+    return sum(storages.values()) / 2 ** 20
 
 
 def main():
@@ -143,11 +158,11 @@ def main():
           f"ratio {qat_ms / fp_ms:.2f}x (target <= 1.3x)")
     shape = (args.batch, 256, args.image_size // 8, args.image_size // 8)
     results = op_benchmark(args, shape)
-    _, fused_gx, _ = next(iter(results.values()))
-    for name, (ms, grad_x, grad_step) in results.items():
+    _, fused_gx, _, _ = next(iter(results.values()))
+    for name, (ms, grad_x, grad_step, saved_mb) in results.items():
         differ = int(((grad_x - fused_gx).abs() > 1e-5).sum())
-        print(f"LSQ fwd+bwd {tuple(shape)}, {name}: {ms:.2f} ms, grad_step {grad_step.item():+.5f}, "
-              f"grad_x != fused at {differ} elements")
+        print(f"LSQ fwd+bwd {tuple(shape)}, {name}: {ms:.2f} ms, keeps {saved_mb:.1f} MB for backward beyond x, "
+              f"grad_step {grad_step.item():+.5f}, grad_x != fused at {differ} elements")
 
 if __name__ == "__main__":
     main()

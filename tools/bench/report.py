@@ -98,8 +98,10 @@ def _speed_lines(speed) -> list:
     op = models.get("lsq_w4a4", {})
     if op.get("op_ms"):
         lines += ["", f"LSQ W4 op, forward + backward, on the model's largest quantized activation "
-                      f"{tuple(op['op_shape'])} (the model uses `hqod autograd.Function`):", ""]
-        lines += [f"- {name}: {ms:.2f} ms" for name, ms in op["op_ms"].items()]
+                      f"{tuple(op['op_shape'])} (the model uses `hqod autograd.Function`); memory: what its "
+                      f"autograd graph keeps for backward beyond the input:", ""]
+        saved = op.get("op_saved_mb", {})
+        lines += [f"- {name}: {ms:.2f} ms, {_num(saved.get(name))} MB" for name, ms in op["op_ms"].items()]
     return lines
 
 

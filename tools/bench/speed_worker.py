@@ -72,7 +72,9 @@ def main():
         shape = largest_activation(model, batch)
         ns = types.SimpleNamespace(device=device, bits=cfg.MODEL.QUANT.ACT_BITS, iters=args.iters, warmup=args.warmup)
         result["op_shape"] = list(shape)
-        result["op_ms"] = {name: ms for name, (ms, _, _) in op_benchmark(ns, shape).items()}
+        ops = op_benchmark(ns, shape)
+        result["op_ms"] = {name: ms for name, (ms, _, _, _) in ops.items()}
+        result["op_saved_mb"] = {name: saved_mb for name, (_, _, _, saved_mb) in ops.items()}
     print(json.dumps(result), flush=True)
 
 

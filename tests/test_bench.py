@@ -1,0 +1,261 @@
+"""The benchmark harness (tools/bench): the plan pairs every baseline with its HQOD variant on the same calibrated
+checkpoint, the quick runs are runs of the full bench, results are summarised per seed, resumed runs are
+recognised, failures are reported, and the data it writes is what it says."""
+import json
+import math
+import os
+import pathlib
+import sys
+import types
+
+import cv2
+import numpy as np
+import pytest
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.structures import BoxMode
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tools"))
+
+from bench import report, runs, store  # noqa: E402
+from bench.data import ground_truth, write_train_crops, write_val_subset  # noqa: E402
+from bench.plan import DATA, MODES, QAT_SETTINGS, TQT_SETTINGS, Run, baseline_of, build_plan, pairs  # noqa: E402
+from bench.plots import label  # noqa: E402
+from bench.summary import groups, paired  # noqa: E402
+
+FAKE_SETS = {"shapes": {"entries": ["bench_v:/v.json:/img"], "val": "bench_v", "train": None},
+             "deepforest": {"entries": ["bench_d:/d.json:/img", "bench_t:/t.json:/timg"], "val": "bench_d",
+                            "train": "bench_t"}}
+
+
+def _opts(run) -> dict:
+    return dict(zip(run.opts[::2], run.opts[1::2]))
+
+
+def test_every_qat_run_starts_from_its_calibration_of_the_fp_checkpoint():
+    plan = build_plan(MODES["full"], "out", "cpu", FAKE_SETS, tqt=True)
+    by_dir = {run.output_dir: (i, run) for i, run in enumerate(plan)}
+    qat = [run for run in plan if run.setting in QAT_SETTINGS + TQT_SETTINGS]
+    assert len(qat) == 2 * 2 * 3 * 6  # data sets x detectors x seeds x settings
+    for i, run in enumerate(plan):
+        if run.setting not in QAT_SETTINGS + TQT_SETTINGS:
+            continue
+        calib_index, calib = by_dir[run.weights.rsplit("/", 1)[0]]
+        assert calib.setting == f"calib_{baseline_of(run.setting)}" and calib_index < i
+        assert (calib.dataset, calib.detector) == (run.dataset, run.detector) and not calib.evaluates
+        fp_index, fp = by_dir[calib.weights.rsplit("/", 1)[0]]
+        assert fp.is_fp and fp_index < calib_index and (fp.dataset, fp.detector) == (run.dataset, run.detector)
+        assert os.path.isfile(ROOT / run.config), run.config
+
+
+def test_hqod_run_differs_from_its_baseline_only_in_config_and_output():
+    plan = build_plan(MODES["full"], "out", "cpu", FAKE_SETS, tqt=True)
+    index = {(r.dataset, r.detector, r.setting, r.seed): r for r in plan}
+    checked = 0
+    for (dataset, detector, setting, seed), hqod in index.items():
+        if "hqod" not in setting:
+            continue
+        base = index[dataset, detector, baseline_of(setting), seed]
+        a, b = _opts(base), _opts(hqod)
+        assert a.pop("OUTPUT_DIR") != b.pop("OUTPUT_DIR")
+        assert a == b and base.max_iter == hqod.max_iter
+        algorithm = setting.split("_")[0]
+        assert hqod.config == base.config.replace(f"_{algorithm}_", f"_{algorithm}_hqod_")
+        checked += 1
+    assert checked == 2 * 2 * 3 * 3
+    assert pairs(QAT_SETTINGS + TQT_SETTINGS) == [("lsq_w4a4", "lsq_hqod_w4a4"), ("lsq_w2a2", "lsq_hqod_w2a2"),
+                                                  ("tqt_w4a4", "tqt_hqod_w4a4")]
+
+
+def test_quick_runs_are_runs_of_the_full_bench():
+    full = {run.key: run for run in build_plan(MODES["full"], "out", "cpu", FAKE_SETS)}
+    quick = build_plan(MODES["quick"], "out", "cpu", {"shapes": FAKE_SETS["shapes"]})
+    assert quick and all(full[run.key] == run for run in quick)
+    assert len(MODES["full"].seeds) >= 3
+    deepforest_train = [r for r in full.values() if r.dataset == "deepforest" and r.evaluates]
+    assert all(_opts(r)["DATASETS.TRAIN"] == "('bench_t',)" for r in deepforest_train)
+    assert all(_opts(r)["SOLVER.MAX_ITER"] == str(DATA["deepforest"].qat_iters)
+               for r in deepforest_train if not r.is_fp)
+
+
+def _record(setting, seed, ap, status="ok", dataset="shapes", detector="retinanet"):
+    metrics = {"bbox/AP": ap, "bbox/AP50": ap + 20, "bbox/AP75": ap - 5, "harmony/pearson": ap / 100} if ap else {}
+    return {"key": f"{dataset}/{detector}/{setting}/seed{seed}", "dataset": dataset, "detector": detector,
+            "setting": setting, "seed": seed, "status": status, "metrics": metrics,
+            "wall_s": 10.0 + seed, **({"error": "boom"} if status != "ok" else {})}
+
+
+def _records():
+    return ([_record("fp32", 0, 70.0)] + [_record("lsq_w4a4", s, ap) for s, ap in ((1, 50.0), (2, 52.0), (3, 54.0))]
+            + [_record("lsq_hqod_w4a4", s, ap) for s, ap in ((1, 51.0), (2, 51.0), (3, 58.0))]
+            + [_record("lsq_hqod_w4a4", 4, None, status="failed"), _record("lsq_w4a4", 4, 49.0)])
+
+
+def test_paired_difference_is_taken_seed_by_seed_over_seeds_where_both_succeeded():
+    (entry,) = paired(_records(), ("lsq_w4a4", "lsq_hqod_w4a4"))
+    assert entry["seeds"] == [1, 2, 3]
+    ap = entry["bbox/AP"]
+    assert ap["per_seed"] == [1.0, -1.0, 4.0] and ap["positive"] == 2 and ap["n"] == 3
+    assert ap["mean"] == pytest.approx(4 / 3) and ap["std"] == pytest.approx(np.std([1, -1, 4], ddof=1))
+    assert entry["harmony/pearson"]["per_seed"] == pytest.approx([0.01, -0.01, 0.04])
+
+
+def test_groups_report_spread_over_successful_seeds_and_the_failures():
+    summary = groups(_records())
+    hqod = summary["shapes/retinanet/lsq_hqod_w4a4"]
+    assert hqod["seeds"] == [1, 2, 3] and hqod["failed"] == {"shapes/retinanet/lsq_hqod_w4a4/seed4": "boom"}
+    assert hqod["bbox/AP"]["mean"] == pytest.approx(160 / 3) and hqod["bbox/AP"]["min"] == 51.0
+    assert summary["shapes/retinanet/fp32"]["bbox/AP"] == {"n": 1, "mean": 70.0, "std": 0.0, "min": 70.0,
+                                                          "max": 70.0}
+    assert hqod["timing"]["wall_s"]["n"] == 4  # failed runs took time too
+
+
+def test_report_shows_means_paired_differences_and_failed_runs():
+    records = _records()
+    results = {"mode": "quick", "command": "python tools/benchmark_hqod.py", "started": "now", "wall_s": 60.0,
+               "runs_wall_s": 60.0, "json": "benchmarks/results_quick.json",
+               "host": {"cpus": 2, "torch": "x", "device": "cpu", "load_before": [0], "load_after": [0]},
+               "runs": {r["key"]: r for r in records},
+               "summary": {"groups": groups(records), "paired": paired(records, ("lsq_w4a4", "lsq_hqod_w4a4"))}}
+    text = report.render(results, ["quick_ap_vs_bits.png"])
+    assert "| shapes / retinanet | LSQ+HQOD W4A4 | 3 (1 failed) | 53.3 ± 4.0 |" in text
+    assert "| shapes / retinanet | LSQ+HQOD W4A4 − LSQ W4A4 | 1.0, -1.0, 4.0 | 1.3 ± 2.5 |" in text
+    assert "| 2 / 3 |" in text
+    assert "- `shapes/retinanet/lsq_hqod_w4a4/seed4`: boom" in text
+    assert "![quick_ap_vs_bits.png](quick_ap_vs_bits.png)" in text
+    assert label("calib_tqt_hqod_w4a4") == "calibration TQT+HQOD W4A4"
+
+
+def test_results_json_is_strict_and_written_whole(tmp_path):
+    path = tmp_path / "sub" / "results.json"
+    store.save(path, {"a": float("nan"), "b": [1.5, float("inf")], "c": {"d": (2, -math.inf)}})
+    assert json.loads(path.read_text(), parse_constant=lambda c: pytest.fail(f"non-strict {c}")) == {
+        "a": None, "b": [1.5, None], "c": {"d": [2, None]}}
+    assert os.listdir(path.parent) == ["results.json"]
+    assert store.load(tmp_path / "missing.json") == {}
+
+
+def _finished_run(tmp_path, max_iter=20):
+    run = Run("shapes", "retinanet", "lsq_w4a4", 1, "configs/shapes/retinanet_MNV2_lsq_w4a4.yaml",
+              ("MODEL.WEIGHTS", str(tmp_path / "calib.pth"), "OUTPUT_DIR", str(tmp_path / "run")),
+              str(tmp_path / "run"), max_iter)
+    (tmp_path / "calib.pth").write_text("weights")
+    out = pathlib.Path(run.output_dir)
+    out.mkdir()
+    rows = [{"iteration": i, "time": 0.5 + i / 100, "total_loss": 1.0} for i in range(max_iter)]
+    rows.append({"iteration": max_iter - 1, "bbox/AP": 42.0, "bbox/AP50": 60.0, "harmony/pearson": 0.8})
+    (out / "metrics.json").write_text("\n".join(map(json.dumps, rows)) + "\n")
+    (out / runs.COMMAND_FILE).write_text(json.dumps(runs.command(run)[1:]))
+    return run
+
+
+def test_a_run_is_reused_only_when_finished_by_the_same_command_after_its_weights(tmp_path):
+    run = _finished_run(tmp_path)
+    assert runs.is_complete(run)
+    changed = Run(*[getattr(run, f) for f in ("dataset", "detector", "setting", "seed", "config")],
+                  run.opts + ("SEED", "7"), run.output_dir, run.max_iter)
+    assert not runs.is_complete(changed)
+    longer = Run(*[getattr(run, f) for f in ("dataset", "detector", "setting", "seed", "config", "opts",
+                                             "output_dir")], run.max_iter + 5)
+    assert not runs.is_complete(longer)  # its last evaluation is not after the final iteration
+    done = pathlib.Path(run.output_dir) / runs.COMMAND_FILE
+    os.utime(tmp_path / "calib.pth", (done.stat().st_mtime + 10,) * 2)
+    assert not runs.is_complete(run)  # the calibration it started from was redone
+
+
+def test_describe_reads_final_metrics_and_timings(tmp_path):
+    run = _finished_run(tmp_path)
+    pathlib.Path(run.output_dir, "log.txt").write_text(
+        "[11/27 10:00:00] d2.engine.train_loop INFO: Starting training from iteration 0\n"
+        "[11/27 10:00:07] hqod.engine.hooks INFO: Calibrated 40 quantizers on 16 images\n"
+        "[11/27 10:01:07] d2.evaluation.evaluator INFO: Start inference on 100 batches\n"
+        "[11/27 10:01:30] d2.evaluation.evaluator INFO: Total inference time\n")
+    record = runs.describe(run)
+    assert record["status"] == "ok" and record["metrics"] == {"bbox/AP": 42.0, "bbox/AP50": 60.0,
+                                                              "harmony/pearson": 0.8}
+    assert record["s_per_iter"] == pytest.approx(0.5 + 9.5 / 100)
+    assert (record["calib_s"], record["train_s"], record["eval_s"]) == (7.0, 60.0, 23.0)
+
+
+def test_a_run_without_detections_is_a_failure(tmp_path):
+    run = _finished_run(tmp_path)
+    with open(pathlib.Path(run.output_dir) / "metrics.json", "a") as f:
+        f.write(json.dumps({"iteration": run.max_iter - 1, "bbox/AP": float("nan")}) + "\n")
+    record = runs.describe(run)
+    assert record["status"] == "failed" and "no detections" in record["error"]
+
+
+def test_a_failing_train_net_run_is_recorded_with_its_error_line(tmp_path):
+    run = Run("shapes", "retinanet", "lsq_w4a4", 1, str(tmp_path / "missing.yaml"),
+              ("OUTPUT_DIR", str(tmp_path / "run")), str(tmp_path / "run"), 10)
+    record = runs.execute(run, timeout_s=300)
+    assert record["status"] == "failed" and record["rc"] != 0
+    assert "missing.yaml" in record["error"], record["error"]
+    assert json.loads((tmp_path / "run" / runs.COMMAND_FILE).read_text()) == runs.command(run)[1:]
+    assert not runs.is_complete(run)
+
+
+def test_val_subset_keeps_the_first_images_by_id_with_their_boxes(tmp_path):
+    entry, name = write_val_subset("hqod_shapes_val", 5, tmp_path)
+    assert name == "bench_hqod_shapes_val"
+    registered, json_file, image_root = entry.split(":")
+    assert registered == name and image_root == MetadataCatalog.get("hqod_shapes_val").image_root
+    full = json.loads(pathlib.Path(MetadataCatalog.get("hqod_shapes_val").json_file).read_text())
+    subset = json.loads(pathlib.Path(json_file).read_text())
+    first = sorted(img["id"] for img in full["images"])[:5]
+    assert sorted(img["id"] for img in subset["images"]) == first
+    expected = [a for a in full["annotations"] if a["image_id"] in first]
+    assert len(subset["annotations"]) == len(expected) > 0
+    gt = ground_truth(json_file)
+    assert sorted(gt) == first and sum(len(boxes) for boxes, _ in gt.values()) == len(expected)
+
+
+def test_training_crops_cover_the_image_and_drop_crops_without_boxes(tmp_path):
+    image = np.random.default_rng(0).integers(0, 255, (256, 600, 3), dtype=np.uint8)
+    cv2.imwrite(str(tmp_path / "tile.png"), image)
+    name = "test_bench_one_class_train"
+    boxes = [[10, 10, 40, 40], [560, 10, 590, 40]]  # in the first and the last crop only
+    DatasetCatalog.register(name, lambda: [{"file_name": str(tmp_path / "tile.png"), "image_id": 0, "height": 256,
+                                            "width": 600, "annotations": [
+                                                {"bbox": b, "bbox_mode": BoxMode.XYXY_ABS, "category_id": 0}
+                                                for b in boxes]}])
+    MetadataCatalog.get(name).thing_classes = ["tree"]
+    try:
+        entry, crops = write_train_crops(name, 256, tmp_path / "crops")
+    finally:
+        DatasetCatalog.remove(name)
+        MetadataCatalog.remove(name)
+    _, json_file, image_root = entry.split(":")
+    coco = json.loads(pathlib.Path(json_file).read_text())
+    assert sorted(img["file_name"] for img in coco["images"]) == ["tile_0_0.png", "tile_344_0.png"]
+    by_file = {img["file_name"]: img["id"] for img in coco["images"]}
+    bbox = {a["image_id"]: a["bbox"] for a in coco["annotations"]}
+    assert bbox[by_file["tile_0_0.png"]] == [10, 10, 30, 30]  # COCO xywh
+    assert bbox[by_file["tile_344_0.png"]] == [216, 10, 30, 30]
+    crop = cv2.imread(os.path.join(image_root, "tile_344_0.png"))
+    assert np.array_equal(crop, image[:, 344:600])
+
+
+def test_op_benchmark_measures_the_memory_each_lsq_implementation_keeps_for_backward():
+    from benchmark_quant_speed import op_benchmark
+    shape = (2, 8, 16, 16)
+    results = op_benchmark(types.SimpleNamespace(device="cpu", bits=4, iters=1, warmup=0), shape)
+    x_mb = np.prod(shape) * 4 / 2 ** 20
+    saved = {name: saved_mb for name, (_, _, _, saved_mb) in results.items()}
+    assert saved["hqod autograd.Function"] < 0.01 * x_mb  # recomputes from x and the step in backward
+    assert saved["plain autograd"] >= x_mb  # keeps intermediates of x's size
+    fused_grad = results["fused kernel"][1]
+    assert results["hqod autograd.Function"][1].shape == fused_grad.shape
+
+
+def test_report_lists_the_speed_comparison():
+    op = {"s_per_iter": 0.3, "peak_rss_mb": 1300.0, "ratio_to_fp": 2.0, "op_shape": [4, 96, 48, 48],
+          "op_ms": {"hqod autograd.Function": 9.5}, "op_saved_mb": {"hqod autograd.Function": 0.0}}
+    speed = {"dataset": "shapes", "detector": "retinanet", "iters": 5, "warmup": 2, "models": {
+        "fp32": {"batch": 4, "image_hw": [192, 192], "device": "cpu", "threads": 2, "s_per_iter": 0.15,
+                 "peak_rss_mb": 1000.0, "ratio_to_fp": 1.0},
+        "lsq_w4a4": op, "lsq_hqod_w4a4": {"error": "exit code 1: boom"}}}
+    lines = "\n".join(report._speed_lines(speed))
+    assert "| FP32 | 0.150 | 1.00× | 1000 | – |" in lines and "| LSQ W4A4 | 0.300 | 2.00× | 1300 | – |" in lines
+    assert "| LSQ+HQOD W4A4 | failed: exit code 1: boom |" in lines
+    assert "- hqod autograd.Function: 9.50 ms, 0.0 MB" in lines
