@@ -38,11 +38,12 @@ quickstart-qat: setup
 	$(PY) train_net.py --config-file $(QUICKSTART_QAT)
 	$(PY) tools/compare_runs.py $(QUICKSTART_OUT) output/shapes/retinanet_MNV2_lsq_hqod_w4a4
 
-# Does HQOD help? FP vs LSQ vs LSQ + HQOD at W4A4 and W2A2, RetinaNet and FCOS, deepforest and shapes, 3 seeds
-# (about 61 minutes on 2 idle cores); results, plots and report in benchmarks/, runs in output/bench/. Resumable.
+# Does HQOD help? FP vs LSQ vs LSQ + HQOD at W4A4 and W2A2 and TQT vs TQT + HQOD at W4A4, RetinaNet and FCOS,
+# deepforest and shapes, 3 seeds (about 80 minutes on 2 idle cores); results, plots and report in benchmarks/, runs
+# in output/bench/. Resumable.
 bench: setup
-	$(PY) tools/benchmark_hqod.py --mode full
+	$(PY) tools/benchmark_hqod.py --mode full --tqt
 
-# The reduced bench (RetinaNet on shapes, 2 seeds: the first 11 runs of `bench`), about 11 minutes on 2 cores.
+# The reduced bench (RetinaNet on shapes, LSQ only, 2 seeds: 11 runs that `bench` reuses), about 11 minutes on 2 cores.
 bench-quick: setup
 	$(PY) tools/benchmark_hqod.py --mode quick

@@ -3,7 +3,8 @@
 RetinaNet / FCOS), every run a train_net.py subprocess; AP, harmony, paired per-seed differences, speed, plots.
 
     python tools/benchmark_hqod.py --mode quick   # make bench-quick: RetinaNet on shapes, 2 seeds
-    python tools/benchmark_hqod.py --mode full    # make bench: RetinaNet and FCOS on both data sets, 3 seeds
+    python tools/benchmark_hqod.py --mode full --tqt  # make bench: RetinaNet and FCOS on both data sets, 3 seeds,
+                                                      # TQT W4A4 with and without HQOD too
 
 Resumable: a run whose output folder holds the final evaluation of the same command is not run again, and the
 quick mode's runs are runs of the full mode too. Runs go to output/bench/; results_<mode>.json, results_<mode>.md
