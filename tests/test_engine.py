@@ -98,7 +98,7 @@ def test_quant_schedule_anneals_dsq_alpha_and_freezes_observers():
     model = calibrated_model(cfg).train()
     seen = run_hook(QuantScheduler(cfg), model, [0, 5, 10, 12])
     assert seen[5]["quant/dsq_alpha"] == pytest.approx(0.25) and seen[12]["quant/dsq_alpha"] == pytest.approx(0.1)
-    assert all(float(q.alpha) == pytest.approx(0.1) for _, q in quantizers(model))
+    assert all(q.alpha.item() == pytest.approx(0.1) for _, q in quantizers(model))
     assert seen[0]["quant/observing"] == 1.0 and seen[5]["quant/observing"] == 0.0
     assert not any(q.observe_enabled for _, q in quantizers(model))
 

@@ -109,7 +109,7 @@ class QuantScheduler(HookBase):
             for q in self._dsq:
                 q.set_alpha(alpha)
         if self._dsq:
-            storage.put_scalar("quant/dsq_alpha", float(self._dsq[0].alpha), smoothing_hint=False)
+            storage.put_scalar("quant/dsq_alpha", self._dsq[0].alpha.item(), smoothing_hint=False)
         wbits, abits = self._current_bits(it)
         for q, kind in self._scheduled.items():
             bits = wbits if kind == "weight" else abits

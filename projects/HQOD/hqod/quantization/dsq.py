@@ -40,4 +40,4 @@ class DSQQuantizer(LearnedStepQuantizer):
         return hard * step
 
     def extra_repr(self):
-        return f"{super().extra_repr()}, alpha={float(self.alpha):.4g}, learn_alpha={self.alpha.requires_grad}"
+        return f"{super().extra_repr()}, alpha={self.alpha.item():.4g}, learn_alpha={self.alpha.requires_grad}"
