@@ -17,10 +17,9 @@ from detectron2.structures import BoxMode
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools"))
 
-from bench import report, runs, store  # noqa: E402
+from bench import plots, report, runs, store  # noqa: E402
 from bench.data import ground_truth, write_train_crops, write_val_subset  # noqa: E402
 from bench.plan import DATA, MODES, QAT_SETTINGS, TQT_SETTINGS, Run, baseline_of, build_plan, pairs  # noqa: E402
-from bench.plots import label  # noqa: E402
 from bench.summary import groups, paired  # noqa: E402
 
 FAKE_SETS = {"shapes": {"entries": ["bench_v:/v.json:/img"], "val": "bench_v", "train": None},
@@ -123,7 +122,7 @@ def test_report_shows_means_paired_differences_and_failed_runs():
     assert "| 2 / 3 |" in text
     assert "- `shapes/retinanet/lsq_hqod_w4a4/seed4`: boom" in text
     assert "![quick_ap_vs_bits.png](quick_ap_vs_bits.png)" in text
-    assert label("calib_tqt_hqod_w4a4") == "calibration TQT+HQOD W4A4"
+    assert plots.label("calib_tqt_hqod_w4a4") == "calibration TQT+HQOD W4A4"
 
 
 def test_results_json_is_strict_and_written_whole(tmp_path):
@@ -241,11 +240,9 @@ def test_op_benchmark_measures_the_memory_each_lsq_implementation_keeps_for_back
     shape = (2, 8, 16, 16)
     results = op_benchmark(types.SimpleNamespace(device="cpu", bits=4, iters=1, warmup=0), shape)
     x_mb = np.prod(shape) * 4 / 2 ** 20
-    saved = {name: saved_mb for name, (_, _, _, saved_mb) in results.items()}
-    assert saved["hqod autograd.Function"] < 0.01 * x_mb  # recomputes from x and the step in backward
-    assert saved["plain autograd"] >= x_mb  # keeps intermediates of x's size
-    fused_grad = results["fused kernel"][1]
-    assert results["hqod autograd.Function"][1].shape == fused_grad.shape
+    assert results["hqod autograd.Function"].saved_mb < 0.01 * x_mb  # recomputes from x and the step in backward
+    assert results["plain autograd"].saved_mb >= x_mb  # keeps intermediates of x's size
+    assert results["hqod autograd.Function"].grad_x.shape == results["fused kernel"].grad_x.shape
 
 
 def test_report_lists_the_speed_comparison():
@@ -259,3 +256,10 @@ def test_report_lists_the_speed_comparison():
     assert "| FP32 | 0.150 | 1.00× | 1000 | – |" in lines and "| LSQ W4A4 | 0.300 | 2.00× | 1300 | – |" in lines
     assert "| LSQ+HQOD W4A4 | failed: exit code 1: boom |" in lines
     assert "- hqod autograd.Function: 9.50 ms, 0.0 MB" in lines
+
+
+def test_ap_against_bits_is_written_as_one_whole_png(tmp_path):
+    records = _records()
+    path = tmp_path / "figures" / "ap_vs_bits.png"
+    plots.ap_vs_bits(path, groups(records), [("shapes", "retinanet", records)])
+    assert path.read_bytes().startswith(b"\x89PNG") and os.listdir(path.parent) == ["ap_vs_bits.png"]

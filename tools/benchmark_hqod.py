@@ -22,6 +22,7 @@ import time
 
 import hqod  # noqa: F401  (before any detectron2 import)
 import torch
+from hqod.utils.assets import atomic_write_bytes
 
 from bench import plots, report, speed, store
 from bench.data import ground_truth, write_train_crops, write_val_subset
@@ -160,7 +161,7 @@ def main():
     results["runs_wall_s"] = sum(r.get("wall_s") or 0 for r in records)
     store.save(json_path, results)
     markdown = out_dir / f"results_{mode.name}.md"
-    markdown.write_text(report.render(results, figures))
+    atomic_write_bytes(markdown, report.render(results, figures).encode())
     print(f"wrote {json_path}, {markdown} and {len(figures)} figures in {results['wall_s'] / 60:.1f} min", flush=True)
 
 

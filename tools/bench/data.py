@@ -1,7 +1,6 @@
 """The bench's data: the first N validation images as a COCO json, fixed training crops of a one-class set (every
 crop holds boxes, which Detectron2 v0.6's FCOS needs), and ground truth by image for the plots."""
 import json
-import os
 import pathlib
 
 import cv2
@@ -14,6 +13,7 @@ from hqod.data import validate_dataset
 from hqod.data.cache import build_once
 from hqod.data.coco_format import write_coco_json
 from hqod.data.deepforest import clip_to_tile, tile_origins
+from hqod.utils.assets import atomic_write_bytes
 
 
 def write_val_subset(val: str, num_images: int, out_dir: pathlib.Path):
@@ -25,12 +25,9 @@ def write_val_subset(val: str, num_images: int, out_dir: pathlib.Path):
     keep = {img["id"] for img in sorted(coco["images"], key=lambda img: img["id"])[:num_images]}
     coco["images"] = [img for img in coco["images"] if img["id"] in keep]
     coco["annotations"] = [a for a in coco["annotations"] if a["image_id"] in keep]
-    out_dir.mkdir(parents=True, exist_ok=True)
     name = f"bench_{val}"
     path = out_dir / f"{name}.json"
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(coco))
-    os.replace(tmp, path)
+    atomic_write_bytes(path, json.dumps(coco).encode())
     return f"{name}:{path}:{meta.image_root}", name
 
 

@@ -1,7 +1,7 @@
 """The bench figures (PNG, matplotlib Agg): score-vs-IoU hexbins side by side (FP, LSQ, LSQ + HQOD) from the
 COCO evaluator's detections, and AP against bit width with the spread over seeds."""
+import io
 import json
-import os
 import pathlib
 
 import matplotlib
@@ -13,6 +13,7 @@ import torch  # noqa: E402
 from detectron2.structures import Boxes  # noqa: E402
 
 from hqod.evaluation.harmony import TP_IOU, harmony_statistics, match_detections  # noqa: E402
+from hqod.utils.assets import atomic_write_bytes  # noqa: E402
 
 from .plan import FP_SETTING, bits_of  # noqa: E402
 
@@ -102,8 +103,7 @@ def ap_vs_bits(path: pathlib.Path, groups: dict, combos, baselines=("lsq",)) -> 
 
 
 def _save(fig, path: pathlib.Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
     plt.close(fig)
-    os.replace(tmp, path)
+    atomic_write_bytes(path, buffer.getvalue())

@@ -15,10 +15,14 @@ def _num(value, digits=1) -> str:
     return "–" if value is None else f"{value:.{digits}f}"
 
 
+def _table(columns, rows) -> list:
+    """A markdown table: the header of ``columns``, then one line per row of cells."""
+    return ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)] + [
+        "| " + " | ".join(map(str, cells)) + " |" for cells in rows]
+
+
 def _settings_table(results) -> list:
-    lines = ["| data set / detector | run | train set | test set | train / test size | batch | iters | LR | "
-             "warm-up (factor) | LR steps | calib images |", "|---|---|---|---|---|---|---|---|---|---|---|"]
-    seen = set()
+    rows, seen = [], set()
     for record in results["runs"].values():
         if record["setting"].startswith("calib_"):
             continue
@@ -27,11 +31,12 @@ def _settings_table(results) -> list:
         if not c or (record["dataset"], record["detector"], kind) in seen:
             continue
         seen.add((record["dataset"], record["detector"], kind))
-        lines.append(
-            f"| {record['dataset']} / {record['detector']} | {kind} | {c['train_sets'][0]} | {c['test_sets'][0]} | "
-            f"{c['min_size_train'][0]} / {c['min_size_test']} | {c['ims_per_batch']} | {c['max_iter']} | "
-            f"{c['base_lr']:g} | {c['warmup_iters']} ({c['warmup_factor']:g}) | {', '.join(map(str, c['steps']))} | "
-            f"{c.get('calib_images', '–')} |")
+        rows.append([f"{record['dataset']} / {record['detector']}", kind, c["train_sets"][0], c["test_sets"][0],
+                     f"{c['min_size_train'][0]} / {c['min_size_test']}", c["ims_per_batch"], c["max_iter"],
+                     f"{c['base_lr']:g}", f"{c['warmup_iters']} ({c['warmup_factor']:g})",
+                     ", ".join(map(str, c["steps"])), c.get("calib_images", "–")])
+    lines = _table(["data set / detector", "run", "train set", "test set", "train / test size", "batch", "iters", "LR",
+                    "warm-up (factor)", "LR steps", "calib images"], rows)
     configs = [r["config"] for r in results["runs"].values() if r.get("config")]
     if configs:
         c = configs[0]
@@ -43,40 +48,37 @@ def _settings_table(results) -> list:
 
 
 def _results_table(results) -> list:
-    lines = ["| data set / detector | setting | seeds | AP | AP50 | AP75 | Pearson | Spearman |",
-             "|---|---|---|---|---|---|---|---|"]
+    rows = []
     for name, g in results["summary"]["groups"].items():
         dataset, detector, setting = name.split("/")
         if setting.startswith("calib_"):
             continue
         failed = f" ({len(g['failed'])} failed)" if g["failed"] else ""
-        lines.append(f"| {dataset} / {detector} | {label(setting)} | {len(g['seeds'])}{failed} | {_pm(g['bbox/AP'])} | "
-                     f"{_pm(g['bbox/AP50'])} | {_pm(g['bbox/AP75'])} | {_pm(g['harmony/pearson'], digits=3)} | "
-                     f"{_pm(g['harmony/spearman'], digits=3)} |")
-    return lines
+        rows.append([f"{dataset} / {detector}", label(setting), f"{len(g['seeds'])}{failed}", _pm(g["bbox/AP"]),
+                     _pm(g["bbox/AP50"]), _pm(g["bbox/AP75"]), _pm(g["harmony/pearson"], digits=3),
+                     _pm(g["harmony/spearman"], digits=3)])
+    return _table(["data set / detector", "setting", "seeds", "AP", "AP50", "AP75", "Pearson", "Spearman"], rows)
 
 
 def _paired_table(results) -> list:
-    lines = ["| data set / detector | HQOD − baseline | ΔAP per seed | ΔAP | ΔAP50 | ΔAP75 | ΔPearson | "
-             "seeds with ΔAP > 0 |", "|---|---|---|---|---|---|---|---|"]
-    for p in results["summary"]["paired"]:
-        per_seed = ", ".join(_num(d) for d in p["bbox/AP"]["per_seed"])
-        lines.append(f"| {p['dataset']} / {p['detector']} | {label(p['hqod'])} − {label(p['baseline'])} | "
-                     f"{per_seed} | {_pm(p['bbox/AP'])} | {_pm(p['bbox/AP50'])} | {_pm(p['bbox/AP75'])} | "
-                     f"{_pm(p['harmony/pearson'], digits=3)} | {p['bbox/AP']['positive']} / {p['bbox/AP']['n']} |")
-    return lines
+    rows = [[f"{p['dataset']} / {p['detector']}", f"{label(p['hqod'])} − {label(p['baseline'])}",
+             ", ".join(_num(d) for d in p["bbox/AP"]["per_seed"]), _pm(p["bbox/AP"]), _pm(p["bbox/AP50"]),
+             _pm(p["bbox/AP75"]), _pm(p["harmony/pearson"], digits=3),
+             f"{p['bbox/AP']['positive']} / {p['bbox/AP']['n']}"] for p in results["summary"]["paired"]]
+    return _table(["data set / detector", "HQOD − baseline", "ΔAP per seed", "ΔAP", "ΔAP50", "ΔAP75", "ΔPearson",
+                   "seeds with ΔAP > 0"], rows)
 
 
 def _timing_table(results) -> list:
-    lines = ["| data set / detector | setting | runs | wall s per run | s per iter | calibration s | "
-             "training s | evaluation s | peak RSS MB |", "|---|---|---|---|---|---|---|---|---|"]
+    rows = []
     for name, g in results["summary"]["groups"].items():
         dataset, detector, setting = name.split("/")
         t = g["timing"]
-        cells = [_pm(t["wall_s"], digits=0), _pm(t["s_per_iter"], digits=2)] + [
-            _pm(t[name], digits=0) for name in ("calib_s", "train_s", "eval_s", "peak_rss_mb")]
-        lines.append(f"| {dataset} / {detector} | {label(setting)} | {t['wall_s']['n']} | " + " | ".join(cells) + " |")
-    return lines
+        rows.append([f"{dataset} / {detector}", label(setting), t["wall_s"]["n"], _pm(t["wall_s"], digits=0),
+                     _pm(t["s_per_iter"], digits=2)] + [_pm(t[timing], digits=0) for timing in
+                                                        ("calib_s", "train_s", "eval_s", "peak_rss_mb")])
+    return _table(["data set / detector", "setting", "runs", "wall s per run", "s per iter", "calibration s",
+                   "training s", "evaluation s", "peak RSS MB"], rows)
 
 
 def _speed_lines(speed) -> list:
@@ -87,14 +89,11 @@ def _speed_lines(speed) -> list:
     lines = [f"{speed['dataset']} / {speed['detector']}, batch {first.get('batch')} × {first.get('image_hw')} px, "
              f"{first.get('device')}, {first.get('threads')} thread(s); median of {speed['iters']} steps after "
              f"{speed['warmup']} warm-up steps on one fixed training batch; FP: the bench's FP checkpoint, QAT: the "
-             f"calibration run's checkpoint made from it.", "",
-             "| model | s per train step | ratio to FP | peak RSS MB | CUDA peak MB |", "|---|---|---|---|---|"]
-    for setting, m in models.items():
-        if "error" in m:
-            lines.append(f"| {label(setting)} | failed: {m['error']} | | | |")
-            continue
-        lines.append(f"| {label(setting)} | {m['s_per_iter']:.3f} | {_num(m.get('ratio_to_fp'), 2)}× | "
-                     f"{m['peak_rss_mb']:.0f} | {_num(m.get('cuda_peak_mb'), 0)} |")
+             f"calibration run's checkpoint made from it.", ""]
+    rows = [[label(setting), f"failed: {m['error']}", "", "", ""] if "error" in m else
+            [label(setting), f"{m['s_per_iter']:.3f}", f"{_num(m.get('ratio_to_fp'), 2)}×", f"{m['peak_rss_mb']:.0f}",
+             _num(m.get("cuda_peak_mb"), 0)] for setting, m in models.items()]
+    lines += _table(["model", "s per train step", "ratio to FP", "peak RSS MB", "CUDA peak MB"], rows)
     op = models.get("lsq_w4a4", {})
     if op.get("op_ms"):
         lines += ["", f"LSQ W4 op, forward + backward, on the model's largest quantized activation "

@@ -73,8 +73,8 @@ def main():
         ns = types.SimpleNamespace(device=device, bits=cfg.MODEL.QUANT.ACT_BITS, iters=args.iters, warmup=args.warmup)
         result["op_shape"] = list(shape)
         ops = op_benchmark(ns, shape)
-        result["op_ms"] = {name: ms for name, (ms, _, _, _) in ops.items()}
-        result["op_saved_mb"] = {name: saved_mb for name, (_, _, _, saved_mb) in ops.items()}
+        result["op_ms"] = {name: r.ms for name, r in ops.items()}
+        result["op_saved_mb"] = {name: r.saved_mb for name, r in ops.items()}
     print(json.dumps(result), flush=True)
 
 

@@ -1,8 +1,9 @@
 """The results JSON: read it back for resuming, write it atomically with NaN and infinity as null."""
 import json
 import math
-import os
 import pathlib
+
+from hqod.utils.assets import atomic_write_bytes
 
 
 def _plain(value):
@@ -23,7 +24,4 @@ def load(path: pathlib.Path) -> dict:
 
 def save(path: pathlib.Path, results: dict) -> None:
     """Write ``results`` to ``path`` whole or not at all."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(_plain(results), indent=1) + "\n")
-    os.replace(tmp, path)
+    atomic_write_bytes(path, (json.dumps(_plain(results), indent=1) + "\n").encode())

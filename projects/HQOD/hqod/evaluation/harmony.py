@@ -12,6 +12,7 @@ is matched to ground truth by IoU:
 Reported: Pearson (the authors' metric) and Spearman correlation of score and IoU over true positives, and
 the three counts. A score-vs-IoU hexbin of true positives and misclassified detections is written as PNG.
 """
+import io
 import itertools
 import logging
 import os
@@ -23,6 +24,8 @@ from detectron2.data import DatasetCatalog
 from detectron2.evaluation import DatasetEvaluator
 from detectron2.structures import Boxes, BoxMode, pairwise_iou
 from detectron2.utils import comm
+
+from ..utils.assets import atomic_write_bytes
 
 TP_IOU = 0.5
 
@@ -148,7 +151,7 @@ def save_hexbin(path, tp_scores, tp_ious, miscls_scores=(), miscls_ious=(), titl
     ax.set_ylabel("score")
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
-    tmp = f"{path}.tmp.png"
-    fig.savefig(tmp)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
     plt.close(fig)
-    os.replace(tmp, path)
+    atomic_write_bytes(path, buffer.getvalue())
