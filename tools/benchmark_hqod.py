@@ -22,7 +22,7 @@ import time
 
 import hqod  # noqa: F401  (before any detectron2 import)
 import torch
-from hqod.utils.assets import atomic_write_bytes
+from hqod.utils.io import atomic_write_bytes
 
 from bench import plots, report, speed, store
 from bench.data import ground_truth, write_train_crops, write_val_subset

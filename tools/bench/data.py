@@ -13,7 +13,7 @@ from hqod.data import validate_dataset
 from hqod.data.cache import build_once
 from hqod.data.coco_format import write_coco_json
 from hqod.data.deepforest import clip_to_tile, tile_origins
-from hqod.utils.assets import atomic_write_bytes
+from hqod.utils.io import atomic_write_bytes
 
 
 def write_val_subset(val: str, num_images: int, out_dir: pathlib.Path):

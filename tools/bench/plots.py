@@ -13,7 +13,7 @@ import torch  # noqa: E402
 from detectron2.structures import Boxes  # noqa: E402
 
 from hqod.evaluation.harmony import TP_IOU, harmony_statistics, match_detections  # noqa: E402
-from hqod.utils.assets import atomic_write_bytes  # noqa: E402
+from hqod.utils.io import atomic_write_bytes  # noqa: E402
 
 from .plan import FP_SETTING, bits_of  # noqa: E402
 

@@ -3,7 +3,7 @@ import json
 import math
 import pathlib
 
-from hqod.utils.assets import atomic_write_bytes
+from hqod.utils.io import atomic_write_bytes
 
 
 def _plain(value):

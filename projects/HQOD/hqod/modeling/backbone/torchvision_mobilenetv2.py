@@ -12,7 +12,7 @@ import torch
 from detectron2.layers import Conv2d
 
 from ...errors import HQODInputError
-from ...utils.assets import atomic_write_bytes
+from ...utils.io import atomic_write_bytes
 from .mobilenetv2 import MobileNetV2
 
 PREFIX = "backbone.bottom_up."
