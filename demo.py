@@ -16,7 +16,7 @@ from hqod.data import validate_dataset
 from hqod.demo import (HarmonyThresholds, Predictor, class_names, dataset_inputs, expand_inputs, output_paths,
                        run_demo)
 from hqod.engine import setup_cfg
-from hqod.errors import HQODInputError
+from hqod.errors import HQODError, HQODInputError
 
 
 def parse_args(argv=None):
@@ -70,5 +70,5 @@ def main(args):
 if __name__ == "__main__":
     try:
         main(parse_args())
-    except HQODInputError as e:
+    except HQODError as e:
         sys.exit(f"error: {e}")

@@ -14,15 +14,17 @@ from detectron2.engine import default_argument_parser, default_setup
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
+from hqod.data import register_coco_format_datasets
 from hqod.engine import HQODTrainer, launch, setup_cfg
 from hqod.engine.checkpoint import HQODCheckpointer, check_weights_file
 from hqod.engine.trainer import summarize_results
-from hqod.errors import HQODInputError
+from hqod.errors import HQODError, HQODInputError
 from hqod.quantization import is_calibrated, is_quantized
 
 
-def setup(args):
-    cfg = setup_cfg(args.config_file, args.opts, validate_data=False)  # validated before launch
+def setup(cfg, args):
+    """Per-worker set-up of the config validated before launch: data sets, output folder, logging, threads."""
+    register_coco_format_datasets(cfg)  # a spawned worker starts with Detectron2's registries only
     default_setup(cfg, args)
     setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="hqod")
     if not torch.cuda.is_available():
@@ -30,8 +32,8 @@ def setup(args):
     return cfg
 
 
-def main(args):
-    cfg = setup(args)
+def main(cfg, args):
+    cfg = setup(cfg, args)
     if args.eval_only:
         model = HQODTrainer.build_model(cfg)
         HQODCheckpointer(model, save_dir=cfg.OUTPUT_DIR, cfg=cfg).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
@@ -51,9 +53,10 @@ def main(args):
 if __name__ == "__main__":
     args = default_argument_parser().parse_args()
     try:
-        check_weights_file(setup_cfg(args.config_file, args.opts))  # bad input fails before any worker starts
+        cfg = setup_cfg(args.config_file, args.opts)  # the one validation pass: bad input fails before any worker
+        check_weights_file(cfg, resume=args.resume)  # read without running code, and checked against cfg
         print("Command Line Args:", args)
         launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
-               dist_url=args.dist_url, args=(args,))
-    except HQODInputError as e:
+               dist_url=args.dist_url, args=(cfg, args))
+    except HQODError as e:
         sys.exit(f"error: {e}")

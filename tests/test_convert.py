@@ -179,23 +179,6 @@ def test_fold_bn_computes_conv_bn_and_freezes_its_statistics():
     assert torch.equal(conv.norm.running_mean, mean)
 
 
-@pytest.mark.parametrize("opts,match", [
-    (["MODEL.QUANT.WEIGHT_BITS", 9], "WEIGHT_BITS must be an integer from 2 to 8"),
-    (["MODEL.QUANT.FIRST_LAST_BITS", 1], "FIRST_LAST_BITS"),
-    (["MODEL.QUANT.ALGORITHM", "PACT"], "unknown MODEL.QUANT.ALGORITHM 'PACT'"),
-    (["MODEL.QUANT.ACT_OBSERVER", "KL"], "unknown MODEL.QUANT.ACT_OBSERVER 'KL'"),
-    (["MODEL.QUANT.OVERRIDES", ["head.*:4"]], "OVERRIDES entry 'head.\\*:4'"),
-    (["MODEL.QUANT.OVERRIDES", ["head.*:4:16"]], "bits in MODEL.QUANT.OVERRIDES"),
-    (["MODEL.QUANT.CALIB_IMAGES", 0], "CALIB_IMAGES"),
-])
-def test_bad_config(opts, match):
-    cfg = load_cfg(R18, *opts)
-    model = build(cfg, convert=False)
-    with pytest.raises(HQODInputError, match=match) as error:
-        convert_to_qat(model, cfg)
-    assert "\n" not in str(error.value) and not is_quantized(model)
-
-
 def test_bad_calls():
     cfg = load_cfg()
     model = build(cfg)

@@ -11,7 +11,8 @@ from detectron2.utils.events import EventStorage
 
 from hqod.config import add_hqod_config
 from hqod.errors import HQODInputError
-from hqod.modeling.hqod_mixin import _aligned_iou, check_hqod_config
+from hqod.modeling.hqod_mixin import _aligned_iou
+from hqod.engine.validation import check_hqod_config
 
 HQOD_KEYS = ("loss_tcorr", "loss_hiou")
 ARCHS = {"HQODRetinaNet": "RetinaNet", "HQODFCOS": "FCOS"}
@@ -152,9 +153,9 @@ def test_aligned_iou_matches_detectron2():
 @pytest.mark.parametrize(
     "key,value", [("TCORR_WEIGHT", -0.1), ("HIOU_WEIGHT", -1.0), ("HIOU_ALPHA", 0.0), ("HIOU_ALPHA", -1.5)]
 )
-def test_bad_values_raise_at_build(key, value):
+def test_bad_values_raise_in_validation(key, value):
     with pytest.raises(HQODInputError, match=f"MODEL.HQOD.{key}"):
-        build_model(tiny_cfg("HQODRetinaNet", **{key: value}))
+        check_hqod_config(tiny_cfg("HQODRetinaNet", **{key: value}))
 
 
 def test_hqod_keys_on_a_plain_meta_arch_raise():

@@ -22,6 +22,7 @@ from detectron2.utils.events import EventStorage
 
 from hqod.quantization import calibrate, convert_to_qat
 from hqod.quantization.fake_quant import fake_quantize, grad_scaled, positive
+from hqod.engine.validation import validate_config
 
 
 def retinanet_r18_cfg(device, bits):
@@ -38,6 +39,7 @@ def retinanet_r18_cfg(device, bits):
     cfg.MODEL.FPN.IN_FEATURES = ["res3", "res4", "res5"]
     cfg.MODEL.ANCHOR_GENERATOR.SIZES = [[x, x * 2 ** (1 / 3), x * 2 ** (2 / 3)] for x in [32, 64, 128, 256, 512]]
     cfg.MODEL.QUANT.WEIGHT_BITS = cfg.MODEL.QUANT.ACT_BITS = bits
+    validate_config(cfg)
     return cfg
 
 

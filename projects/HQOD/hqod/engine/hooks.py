@@ -8,9 +8,8 @@ import logging
 from detectron2.engine import HookBase
 from torch import nn
 
-from ..errors import HQODInputError
 from ..quantization import DSQQuantizer, calibrate, is_calibrated, is_quantized, quantizers, set_quant_state
-from .schedules import check_ramp, ramp
+from .schedules import parse_bit_schedule, ramp
 
 logger = logging.getLogger(__name__)
 
@@ -37,36 +36,6 @@ class QuantCalibration(HookBase):
         calibrate(model, self._build_loader(), self._num_images)
 
 
-def parse_bit_schedule(entries, weight_bits: int, act_bits: int):
-    """``["iter:wbits:abits", ...]`` -> sorted ``[(iter, wbits, abits)]``; must end at the configured bits."""
-    schedule = []
-    for entry in entries:
-        try:
-            it, wbits, abits = (int(v) for v in entry.split(":"))
-        except ValueError:
-            raise HQODInputError(f"MODEL.QUANT.SCHEDULE.BITS entry {entry!r} is not 'iteration:weight_bits:act_bits'") from None
-        if it < 0 or not (2 <= wbits <= 8 and 2 <= abits <= 8):
-            raise HQODInputError(f"MODEL.QUANT.SCHEDULE.BITS entry {entry!r}: need iteration >= 0 and bits in 2..8")
-        schedule.append((it, wbits, abits))
-    schedule.sort()
-    if schedule and schedule[-1][1:] != (weight_bits, act_bits):
-        raise HQODInputError(
-            f"MODEL.QUANT.SCHEDULE.BITS ends at {schedule[-1][1]}/{schedule[-1][2]} bits but "
-            f"MODEL.QUANT.WEIGHT_BITS/ACT_BITS are {weight_bits}/{act_bits}; make the last entry match them"
-        )
-    return schedule
-
-
-def check_quant_schedule(cfg):
-    """One-line errors for bad MODEL.QUANT.SCHEDULE values, before training starts."""
-    sched = cfg.MODEL.QUANT.SCHEDULE
-    check_ramp("MODEL.QUANT.SCHEDULE.DSQ_ALPHA", sched.DSQ_ALPHA.TYPE, sched.DSQ_ALPHA.START_ITER,
-               sched.DSQ_ALPHA.END_ITER)
-    if not 0 < sched.DSQ_ALPHA.END_VALUE <= 0.5:
-        raise HQODInputError(f"MODEL.QUANT.SCHEDULE.DSQ_ALPHA.END_VALUE must be in (0, 0.5], got {sched.DSQ_ALPHA.END_VALUE}")
-    parse_bit_schedule(sched.BITS, cfg.MODEL.QUANT.WEIGHT_BITS, cfg.MODEL.QUANT.ACT_BITS)
-
-
 class QuantScheduler(HookBase):
     """Applies MODEL.QUANT.SCHEDULE each iteration: fake-quant start, observer and BN freezing, DSQ alpha, bits."""
 
@@ -74,7 +43,7 @@ class QuantScheduler(HookBase):
         qcfg = cfg.MODEL.QUANT
         self._sched = qcfg.SCHEDULE
         self._dsq_start = qcfg.DSQ_ALPHA
-        self._bits = parse_bit_schedule(qcfg.SCHEDULE.BITS, qcfg.WEIGHT_BITS, qcfg.ACT_BITS)
+        self._bits = parse_bit_schedule(qcfg.SCHEDULE.BITS)
         self._base_bits = (qcfg.WEIGHT_BITS, qcfg.ACT_BITS)
         self._scheduled = None  # {quantizer: "weight" | "act"}: those a bit schedule moves (not first/last/overrides)
 
@@ -140,7 +109,6 @@ class HQODLossWeightScheduler(HookBase):
     def __init__(self, cfg):
         self._weights = {"tcorr_weight": cfg.MODEL.HQOD.TCORR_WEIGHT, "hiou_weight": cfg.MODEL.HQOD.HIOU_WEIGHT}
         self._sched = cfg.MODEL.HQOD.WEIGHT_SCHEDULE
-        check_ramp("MODEL.HQOD.WEIGHT_SCHEDULE", self._sched.TYPE, self._sched.START_ITER, self._sched.END_ITER)
 
     def before_step(self):
         model = unwrap(self.trainer.model)

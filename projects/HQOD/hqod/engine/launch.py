@@ -1,6 +1,8 @@
-"""``launch`` that runs N CPU worker processes over gloo when CUDA is absent, Detectron2's own otherwise."""
+"""``launch`` that runs N CPU worker processes over gloo when CUDA is absent, Detectron2's own otherwise; a worker's
+``HQODError`` reaches the caller as that one-line error rather than as the worker's traceback."""
 import logging
 from datetime import timedelta
+from functools import partial
 
 import torch
 import torch.distributed as dist
@@ -8,21 +10,42 @@ import torch.multiprocessing as mp
 from detectron2.engine import launch as d2_launch
 from detectron2.utils import comm
 
+from ..errors import HQODError
+
 DEFAULT_TIMEOUT = timedelta(minutes=30)
 
 
 def launch(main_func, num_gpus_per_machine, num_machines=1, machine_rank=0, dist_url=None, args=(),
            timeout=DEFAULT_TIMEOUT):
     """Same signature as ``detectron2.engine.launch``; without CUDA, ``num_gpus_per_machine`` counts CPU workers."""
-    if torch.cuda.is_available() or num_machines * num_gpus_per_machine == 1:
-        return d2_launch(main_func, num_gpus_per_machine, num_machines=num_machines,
-                         machine_rank=machine_rank, dist_url=dist_url, args=args, timeout=timeout)
-    if dist_url in (None, "auto"):
-        if num_machines != 1:
-            raise ValueError("--dist-url auto works on one machine only; pass tcp://HOST:PORT")
-        dist_url = f"tcp://127.0.0.1:{_free_port()}"
-    mp.spawn(_cpu_worker, nprocs=num_gpus_per_machine, daemon=False,
-             args=(main_func, num_machines, num_gpus_per_machine, machine_rank, dist_url, args, timeout))
+    if num_machines * num_gpus_per_machine == 1:
+        return d2_launch(main_func, 1, num_machines=1, machine_rank=machine_rank, dist_url=dist_url, args=args,
+                         timeout=timeout)
+    errors = mp.get_context("spawn").SimpleQueue()
+    main_func = partial(_reporting_errors, main_func, errors)
+    try:
+        if torch.cuda.is_available():
+            return d2_launch(main_func, num_gpus_per_machine, num_machines=num_machines, machine_rank=machine_rank,
+                             dist_url=dist_url, args=args, timeout=timeout)
+        if dist_url in (None, "auto"):
+            if num_machines != 1:
+                raise ValueError("--dist-url auto works on one machine only; pass tcp://HOST:PORT")
+            dist_url = f"tcp://127.0.0.1:{_free_port()}"
+        mp.spawn(_cpu_worker, nprocs=num_gpus_per_machine, daemon=False,
+                 args=(main_func, num_machines, num_gpus_per_machine, machine_rank, dist_url, args, timeout))
+    except mp.ProcessException:
+        if not errors.empty():
+            raise HQODError(errors.get()) from None
+        raise
+
+
+def _reporting_errors(main_func, errors, *args):
+    """Run ``main_func`` in a worker; an HQODError's message goes to the parent before the worker fails."""
+    try:
+        return main_func(*args)
+    except HQODError as e:
+        errors.put(str(e))
+        raise
 
 
 def _free_port() -> int:

@@ -1,7 +1,5 @@
-"""Ramps used by the schedule hooks: constant, linear and cosine from a start to an end value."""
+"""Ramps used by the schedule hooks (constant, linear and cosine from a start to an end value) and the bit schedule."""
 import math
-
-from ..errors import HQODInputError
 
 RAMP_TYPES = ("constant", "linear", "cosine")
 
@@ -18,9 +16,11 @@ def ramp(kind: str, it: int, start_iter: int, end_iter: int, start_value: float,
     return start_value + (end_value - start_value) * t
 
 
-def check_ramp(name: str, kind: str, start_iter: int, end_iter: int) -> None:
-    """Reject an unknown ramp type or an empty/backward iteration range with a one-line error."""
-    if kind not in RAMP_TYPES:
-        raise HQODInputError(f"{name}.TYPE is {kind!r}; use one of {', '.join(RAMP_TYPES)}")
-    if kind != "constant" and not 0 <= start_iter < end_iter:
-        raise HQODInputError(f"{name}: need 0 <= START_ITER < END_ITER for a {kind} ramp, got {start_iter}, {end_iter}")
+def parse_bit_schedule(entries):
+    """``["iter:wbits:abits", ...]`` -> ``[(iter, wbits, abits)]`` sorted by iteration; ValueError when an entry is
+    not of that form (hqod.engine.validation reports it to the user)."""
+    schedule = []
+    for entry in entries:
+        it, weight_bits, act_bits = (int(v) for v in str(entry).split(":"))
+        schedule.append((it, weight_bits, act_bits))
+    return sorted(schedule)

@@ -9,10 +9,7 @@ from detectron2.config import get_cfg
 from ..config import add_hqod_config
 from ..data import check_datasets_exist, register_coco_format_datasets, validate_dataset
 from ..errors import HQODInputError
-from ..modeling.hqod_mixin import check_hqod_config
-from ..quantization import check_quant_config
-from .hooks import check_quant_schedule
-from .schedules import check_ramp
+from .validation import validate_config
 
 
 def setup_cfg(config_file: str, opts=(), validate_data: bool = True):
@@ -43,13 +40,7 @@ def setup_cfg(config_file: str, opts=(), validate_data: bool = True):
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
         logging.getLogger(__name__).warning("CUDA is not available: running on the CPU (MODEL.DEVICE cpu)")
         cfg.MODEL.DEVICE = "cpu"
-    check_hqod_config(cfg)
-    sched = cfg.MODEL.HQOD.WEIGHT_SCHEDULE
-    check_ramp("MODEL.HQOD.WEIGHT_SCHEDULE", sched.TYPE, sched.START_ITER, sched.END_ITER)
-    if cfg.MODEL.QUANT.ENABLED:
-        check_quant_config(cfg.MODEL.QUANT)
-        check_quant_schedule(cfg)
-    _check_weights_path(cfg.MODEL.WEIGHTS)
+    validate_config(cfg)
     register_coco_format_datasets(cfg)
     names = list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST)
     check_datasets_exist(names)
@@ -62,9 +53,3 @@ def setup_cfg(config_file: str, opts=(), validate_data: bool = True):
 
 def _one_line(error: Exception) -> str:
     return " ".join(str(error.args[0] if error.args else error).split())
-
-
-def _check_weights_path(path: str) -> None:
-    """A local MODEL.WEIGHTS file must exist (URLs and ``scheme://`` paths are fetched by Detectron2)."""
-    if path and "://" not in path and not os.path.isfile(path):
-        raise HQODInputError(f"MODEL.WEIGHTS file {path!r} does not exist; pass an existing checkpoint or \"\" for none")

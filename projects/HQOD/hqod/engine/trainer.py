@@ -10,6 +10,7 @@ from detectron2.modeling import build_model
 from detectron2.utils import comm
 
 from .. import compat
+from ..errors import TrainingDivergedError
 from ..evaluation import HarmonyEvaluator
 from ..quantization import convert_to_qat
 from .checkpoint import HQODCheckpointer
@@ -77,9 +78,24 @@ class HQODTrainer(DefaultTrainer):
         if not compat.DEFAULT_TRAINER_SAVES_OPTIMIZER and "_trainer" in state_dict:
             self._trainer.load_state_dict(state_dict["_trainer"])
 
+    def run_step(self):
+        try:
+            super().run_step()
+        except FloatingPointError:  # Detectron2 found a NaN or infinite loss: keep the last good checkpoint the last
+            self.checkpointer.stop_saving(f"the loss became NaN or infinite at iteration {self.iter}")
+            raise
+
     def train(self):
-        """Train, then return the last evaluation results (``None`` when no evaluation ran)."""
-        super().train()
+        """Train, then return the last evaluation results (``None`` when no evaluation ran); a NaN or infinite loss
+        ends training with a one-line TrainingDivergedError."""
+        try:
+            super().train()
+        except FloatingPointError:
+            raise TrainingDivergedError(
+                f"training stopped: the loss became NaN or infinite at iteration {self.iter}; the last good "
+                f"checkpoint is {self.checkpointer.last_good_checkpoint()}. Lower SOLVER.BASE_LR or enable "
+                "SOLVER.CLIP_GRADIENTS, then continue from it with --resume"
+            ) from None
         return getattr(self, "_last_eval_results", None)
 
 

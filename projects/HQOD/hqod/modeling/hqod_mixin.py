@@ -3,67 +3,14 @@
 ``HQODLossMixin`` goes before a Detectron2 dense detector (RetinaNet, FCOS) in the bases and overrides only its
 ``losses(...)`` hook, so it works with Detectron2 v0.6 and current Detectron2, quantized or not.
 """
-import math
-
 import torch
-from detectron2.config import CfgNode, configurable, get_cfg
-from detectron2.modeling import META_ARCH_REGISTRY
+from detectron2.config import configurable
 from detectron2.structures import Boxes
 from detectron2.utils.events import get_event_storage
 
-from ..config import add_hqod_config
-from ..errors import HQODInputError
 from ..losses import harmonious_iou_loss, harmony_quality, tcorr_loss
 
 _IOU_EPS = 1e-6  # as mmdet's bbox_overlaps, which the authors use for u
-
-
-def _check_hqod_values(tcorr_weight, hiou_weight, hiou_alpha, hiou_gamma):
-    """Raise HQODInputError unless the weights are finite and >= 0, alpha finite and > 0, gamma finite."""
-    checks = [
-        ("MODEL.HQOD.TCORR_WEIGHT (tcorr_weight)", tcorr_weight, "a finite number >= 0", lambda v: v >= 0),
-        ("MODEL.HQOD.HIOU_WEIGHT (hiou_weight)", hiou_weight, "a finite number >= 0", lambda v: v >= 0),
-        ("MODEL.HQOD.HIOU_ALPHA (hiou_alpha)", hiou_alpha, "a finite number > 0", lambda v: v > 0),
-        ("MODEL.HQOD.HIOU_GAMMA (hiou_gamma)", hiou_gamma, "a finite number", lambda v: True),
-    ]
-    for name, value, expected, ok in checks:
-        if not isinstance(value, (int, float)) or not math.isfinite(value) or not ok(value):
-            raise HQODInputError(f"{name} must be {expected}, got {value!r}")
-
-
-def _changed_keys(node, default, prefix):
-    """``KEY=value`` for every leaf of config ``node`` (nested CfgNodes included) that differs from ``default``."""
-    changed = []
-    for key, value in node.items():
-        name = f"{prefix}.{key}"
-        if isinstance(value, CfgNode) and isinstance(default.get(key), CfgNode):
-            changed += _changed_keys(value, default[key], name)
-        elif default.get(key) != value:
-            changed.append(f"{name}={value}")
-    return changed
-
-
-def check_hqod_config(cfg):
-    """Raise a one-line HQODInputError for bad MODEL.HQOD values, or for MODEL.HQOD keys changed from their
-    defaults while MODEL.META_ARCHITECTURE has no HQOD losses (they would be silently ignored)."""
-    arch = cfg.MODEL.META_ARCHITECTURE
-    is_hqod_arch = arch in META_ARCH_REGISTRY and issubclass(META_ARCH_REGISTRY.get(arch), HQODLossMixin)
-    if "HQOD" not in cfg.MODEL:
-        if is_hqod_arch:
-            raise HQODInputError(f"{arch} needs the MODEL.HQOD keys: call hqod.add_hqod_config(cfg) before merging")
-        return
-    hqod = cfg.MODEL.HQOD
-    _check_hqod_values(hqod.TCORR_WEIGHT, hqod.HIOU_WEIGHT, hqod.HIOU_ALPHA, hqod.HIOU_GAMMA)
-    if is_hqod_arch:
-        return
-    defaults = get_cfg()
-    add_hqod_config(defaults)
-    changed = _changed_keys(hqod, defaults.MODEL.HQOD, "MODEL.HQOD")
-    if changed:
-        raise HQODInputError(
-            f"{', '.join(changed)} set but MODEL.META_ARCHITECTURE={arch} has no HQOD losses; "
-            "use HQODRetinaNet or HQODFCOS, or leave MODEL.HQOD at its defaults"
-        )
 
 
 def _fp32_or_wider(t: torch.Tensor) -> torch.Tensor:
@@ -101,11 +48,11 @@ def _put_harmony_scalars(p: torch.Tensor, u: torch.Tensor) -> None:
 
 class HQODLossMixin:
     """Adds ``loss_tcorr`` and ``loss_hiou`` (weights read from ``self.tcorr_weight`` / ``self.hiou_weight`` at every
-    step, so schedule hooks may change them) to a Detectron2 dense detector's losses."""
+    step, so schedule hooks may change them) to a Detectron2 dense detector's losses. Values from a config were
+    checked by hqod.engine.validation.validate_config; they are not checked again here."""
 
     @configurable
     def __init__(self, *, tcorr_weight=1.0, hiou_weight=1.0, hiou_alpha=1.5, hiou_gamma=0.8, **kwargs):
-        _check_hqod_values(tcorr_weight, hiou_weight, hiou_alpha, hiou_gamma)
         super().__init__(**kwargs)
         self.tcorr_weight = float(tcorr_weight)
         self.hiou_weight = float(hiou_weight)
@@ -114,7 +61,6 @@ class HQODLossMixin:
 
     @classmethod
     def from_config(cls, cfg):
-        check_hqod_config(cfg)
         hqod = cfg.MODEL.HQOD
         return {
             **super().from_config(cfg),

@@ -2,7 +2,7 @@
 Use: ``convert_to_qat(model, cfg)`` before the optimizer, load weights, ``calibrate(...)`` unless ``is_calibrated``."""
 from .base import FakeQuantizer
 from .calibrate import calibrate
-from .convert import ALGORITHMS, check_quant_config, convert_to_qat
+from .convert import ALGORITHMS, convert_to_qat
 from .dsq import DSQQuantizer
 from .lsq import LSQQuantizer
 from .observers import OBSERVERS, build_observer
@@ -12,6 +12,6 @@ from .tqt import TQTQuantizer
 
 __all__ = [
     "ALGORITHMS", "DSQQuantizer", "FakeQuantizer", "LSQQuantizer", "OBSERVERS", "QuantConvMixin", "TQTQuantizer",
-    "build_observer", "calibrate", "check_quant_config", "convert_to_qat", "is_calibrated", "is_quantized", "quant_signature",
+    "build_observer", "calibrate", "convert_to_qat", "is_calibrated", "is_quantized", "quant_signature",
     "quantizers", "set_quant_state",
 ]

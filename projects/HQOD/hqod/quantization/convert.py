@@ -8,10 +8,10 @@ from tabulate import tabulate
 from torch import nn
 
 from ..errors import HQODInputError
-from .base import FakeQuantizer, check_bits
+from .base import FakeQuantizer
 from .dsq import DSQQuantizer
 from .lsq import LSQQuantizer
-from .observers import OBSERVERS, build_observer
+from .observers import build_observer
 from .qconv import can_fold_bn, quant_class, reset_call_counters
 from .state import is_quantized
 from .tqt import TQTQuantizer
@@ -22,12 +22,14 @@ logger = logging.getLogger(__name__)
 
 
 def convert_to_qat(model, cfg, example_inputs=None):
-    """Fake-quantize weight and input of every nn.Conv2d of ``model`` in place per cfg.MODEL.QUANT (ENABLED unread);
+    """Fake-quantize weight and input of every nn.Conv2d of ``model`` in place per cfg.MODEL.QUANT (ENABLED unread;
+    the config is trusted: hqod.engine.validation.validate_config checked it);
     an eval dry run on ``example_inputs`` (default: a blank 256² image) finds the stem and per-FPN-level convs."""
     qcfg = cfg.MODEL.QUANT
     if is_quantized(model):
         raise HQODInputError("convert_to_qat got a model that is already converted to QAT")
-    algorithm, overrides = check_quant_config(qcfg)
+    algorithm = str(qcfg.ALGORITHM).upper()
+    overrides = [parse_override(item) for item in qcfg.OVERRIDES]
     convs = [(name, module) for name, module in model.named_modules() if isinstance(module, nn.Conv2d)]
     if not convs:
         raise HQODInputError(f"convert_to_qat found no nn.Conv2d in {type(model).__name__}")
@@ -73,35 +75,11 @@ def convert_to_qat(model, cfg, example_inputs=None):
     return model
 
 
-def parse_overrides(overrides):
-    """"pattern:weight_bits:act_bits" strings (fnmatch patterns over module names) -> (pattern, wbits, abits)."""
-    parsed = []
-    for item in overrides:
-        parts = str(item).rsplit(":", 2)
-        try:
-            pattern, weight_bits, act_bits = parts[0], int(parts[1]), int(parts[2])
-        except (IndexError, ValueError):
-            raise HQODInputError(
-                f"MODEL.QUANT.OVERRIDES entry {item!r} is not 'pattern:weight_bits:act_bits'") from None
-        what = f"bits in MODEL.QUANT.OVERRIDES entry {item!r}"
-        parsed.append((pattern, check_bits(weight_bits, what), check_bits(act_bits, what)))
-    return parsed
-
-
-def check_quant_config(qcfg):
-    """Validate MODEL.QUANT (``qcfg``) with one-line errors; returns the algorithm name and the parsed overrides."""
-    algorithm = str(qcfg.ALGORITHM).upper()
-    if algorithm not in ALGORITHMS:
-        raise HQODInputError(f"unknown MODEL.QUANT.ALGORITHM {qcfg.ALGORITHM!r}: use one of {', '.join(ALGORITHMS)}")
-    for key in ("WEIGHT_BITS", "ACT_BITS", "FIRST_LAST_BITS"):
-        check_bits(qcfg[key], f"MODEL.QUANT.{key}")
-    for key in ("WEIGHT_OBSERVER", "ACT_OBSERVER"):
-        if str(qcfg[key]).upper() not in OBSERVERS:
-            raise HQODInputError(f"unknown MODEL.QUANT.{key} {qcfg[key]!r}: use one of {', '.join(OBSERVERS)}")
-    calib = qcfg.CALIB_IMAGES
-    if isinstance(calib, bool) or not isinstance(calib, int) or calib <= 0:
-        raise HQODInputError(f"MODEL.QUANT.CALIB_IMAGES must be a positive integer, got {calib!r}")
-    return algorithm, parse_overrides(qcfg.OVERRIDES)
+def parse_override(item):
+    """``"pattern:weight_bits:act_bits"`` (an fnmatch pattern over module names) -> (pattern, wbits, abits);
+    ValueError when it is not of that form (hqod.engine.validation reports it to the user)."""
+    pattern, weight_bits, act_bits = str(item).rsplit(":", 2)
+    return pattern, int(weight_bits), int(act_bits)
 
 
 def _quantizer(qcfg, algorithm, bits, signed, channels, observer, sees_image):
