@@ -218,3 +218,11 @@ def test_a_diverged_loss_stops_with_one_line_and_no_nan_checkpoint(tmp_path):
     assert all(torch.isfinite(t).all() for t in checkpoint["model"].values() if t.is_floating_point())
     assert not (tmp_path / "model_final.pth").exists()
     assert not list(tmp_path.glob(f"model_{failed_at:07d}.pth"))
+
+
+def test_a_worker_error_is_the_same_one_line_with_two_workers(tmp_path):
+    result = run(["train_net.py"], "--num-gpus", "2", *train_args(tmp_path, "SOLVER.MAX_ITER", "6",
+                                                                 "SOLVER.BASE_LR", "1e30", "SOLVER.WARMUP_FACTOR",
+                                                                 "1.0", "SOLVER.CLIP_GRADIENTS.ENABLED", "False"))
+    assert "error: training stopped: the loss became NaN or infinite at iteration" in error_line(result)
+    assert "Traceback" not in result.stderr.split("error: training stopped")[0].splitlines()[-1]

@@ -8,6 +8,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from detectron2.engine import launch as d2_launch
+from torch.multiprocessing.spawn import ProcessException
 from detectron2.utils import comm
 
 from ..errors import HQODError
@@ -33,7 +34,7 @@ def launch(main_func, num_gpus_per_machine, num_machines=1, machine_rank=0, dist
             dist_url = f"tcp://127.0.0.1:{_free_port()}"
         mp.spawn(_cpu_worker, nprocs=num_gpus_per_machine, daemon=False,
                  args=(main_func, num_machines, num_gpus_per_machine, machine_rank, dist_url, args, timeout))
-    except mp.ProcessException:
+    except ProcessException:
         if not errors.empty():
             raise HQODError(errors.get()) from None
         raise

@@ -91,11 +91,12 @@ class HQODTrainer(DefaultTrainer):
         try:
             super().train()
         except FloatingPointError:
+            last = self.checkpointer.last_good_checkpoint()
+            advice = "Lower SOLVER.BASE_LR or enable SOLVER.CLIP_GRADIENTS"
+            then = (f"no checkpoint was written yet. {advice} and start again" if last == "none"
+                    else f"the last good checkpoint is {last}. {advice}, then continue from it with --resume")
             raise TrainingDivergedError(
-                f"training stopped: the loss became NaN or infinite at iteration {self.iter}; the last good "
-                f"checkpoint is {self.checkpointer.last_good_checkpoint()}. Lower SOLVER.BASE_LR or enable "
-                "SOLVER.CLIP_GRADIENTS, then continue from it with --resume"
-            ) from None
+                f"training stopped: the loss became NaN or infinite at iteration {self.iter}; {then}") from None
         return getattr(self, "_last_eval_results", None)
 
 
