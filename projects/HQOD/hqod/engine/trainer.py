@@ -3,6 +3,7 @@ import logging
 import os
 import weakref
 
+import torch
 from detectron2.data import MetadataCatalog, build_detection_train_loader
 from detectron2.engine import DefaultTrainer
 from detectron2.evaluation import COCOEvaluator, DatasetEvaluators, PascalVOCDetectionEvaluator
@@ -12,6 +13,7 @@ from detectron2.utils import comm
 from .. import compat
 from ..errors import TrainingDivergedError
 from ..evaluation import HarmonyEvaluator
+from ..modeling.sync_bn import convert_naive_sync_batchnorm
 from ..quantization import convert_to_qat
 from .checkpoint import HQODCheckpointer
 from .hooks import HQODLossWeightScheduler, QuantCalibration, QuantScheduler
@@ -25,6 +27,8 @@ class HQODTrainer(DefaultTrainer):
     @classmethod
     def build_model(cls, cfg):
         model = build_model(cfg)
+        if torch.device(cfg.MODEL.DEVICE).type == "cpu":  # torch's SyncBatchNorm runs on GPUs only
+            model = convert_naive_sync_batchnorm(model)
         if cfg.MODEL.QUANT.ENABLED:
             convert_to_qat(model, cfg)
         logging.getLogger(__name__).info("Model:\n%s", model)

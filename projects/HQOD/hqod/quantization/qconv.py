@@ -60,9 +60,11 @@ def quant_class(cls):
 
 
 def can_fold_bn(conv) -> bool:
-    """Whether ``conv`` carries an affine BatchNorm that ``fold_bn`` can fold."""
+    """Whether ``conv`` carries an affine BatchNorm that ``fold_bn`` can fold: BN, FrozenBN and SyncBN, which is
+    torch's on GPUs and Detectron2's ``NaiveSyncBatchNorm`` (a BatchNorm2d) on CPU, so both fold alike."""
     norm = getattr(conv, "norm", None)
-    return isinstance(norm, (nn.BatchNorm2d, FrozenBatchNorm2d)) and getattr(norm, "weight", None) is not None
+    foldable = (nn.BatchNorm2d, nn.SyncBatchNorm, FrozenBatchNorm2d)
+    return isinstance(norm, foldable) and getattr(norm, "weight", None) is not None
 
 
 def reset_call_counters(model, inputs=None):
