@@ -1,6 +1,7 @@
 """Trainer pieces: schedule hooks, quantizer parameter group, atomic checkpoints, VOC + harmony evaluation, and bad
 QAT/HQOD config values rejected before training."""
 import math
+import pathlib
 import types
 
 import hqod  # noqa: F401
@@ -11,16 +12,13 @@ from detectron2.data.datasets import register_pascal_voc
 from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 
-from conftest import ROOT
 from hqod.engine import HQODTrainer, setup_cfg
 from hqod.engine.checkpoint import HQODCheckpointer
 from hqod.engine.hooks import HQODLossWeightScheduler, QuantScheduler
 from hqod.engine.schedules import ramp
 from hqod.quantization import calibrate, quantizers
-from test_train_net import run_train_net
 
-SHAPES = str(ROOT / "configs" / "quickstart_retinanet_mnv2_shapes.yaml")
-
+SHAPES = str(pathlib.Path(__file__).resolve().parents[1] / "configs" / "quickstart_retinanet_mnv2_shapes.yaml")
 
 
 def small_cfg(*opts):
@@ -173,7 +171,7 @@ def test_voc_and_harmony_evaluators_work_with_current_numpy(tmp_path):
     (["MODEL.HQOD.TCORR_WEIGHT", "-1.0"], "TCORR_WEIGHT"),
     (["MODEL.HQOD.WEIGHT_SCHEDULE.TYPE", "step"], "WEIGHT_SCHEDULE"),
 ])
-def test_bad_qat_values_fail_before_training(opts, message):
+def test_bad_qat_values_fail_before_training(run_train_net, opts, message):
     result = run_train_net("--config-file", "configs/shapes/retinanet_MNV2_lsq_hqod_w4a4.yaml",
                            "MODEL.WEIGHTS", "", *opts)
     last = result.stderr.strip().splitlines()[-1]
