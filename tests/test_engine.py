@@ -1,5 +1,6 @@
 """Trainer pieces: schedule hooks, quantizer parameter group, atomic checkpoints, VOC + harmony evaluation, and bad
 QAT/HQOD config values rejected before training."""
+import json
 import math
 import pathlib
 import types
@@ -133,6 +134,18 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
     restored = torch.nn.Linear(3, 3)
     HQODCheckpointer(restored, str(tmp_path), cfg=cfg).resume_or_load("", resume=True)
     assert torch.equal(restored.weight, model.weight)  # the last checkpoint is the whole model_a
+
+
+def test_calibration_seconds_and_images_land_in_metrics_json(run_train_net, tmp_path):
+    result = run_train_net("--config-file", "configs/shapes/retinanet_MNV2_lsq_hqod_w4a4.yaml", "MODEL.WEIGHTS", "",
+                           "MODEL.QUANT.CALIB_IMAGES", "3", "SOLVER.MAX_ITER", "1", "SOLVER.IMS_PER_BATCH", "1",
+                           "DATALOADER.NUM_WORKERS", "0", "INPUT.MIN_SIZE_TRAIN", "(64,)", "DATASETS.TEST", "()",
+                           "OUTPUT_DIR", str(tmp_path))
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [json.loads(line) for line in (tmp_path / "metrics.json").read_text().splitlines()]
+    calibration = [row for row in rows if "quant/calib_seconds" in row]
+    assert len(calibration) == 1 and calibration[0]["iteration"] == 0
+    assert calibration[0]["quant/calib_images"] == 3 and calibration[0]["quant/calib_seconds"] > 0
 
 
 VOC_XML = """<annotation><size><width>100</width><height>80</height><depth>3</depth></size>
