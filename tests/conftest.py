@@ -1,12 +1,18 @@
-"""Shared fixtures: a small COCO-format subset of the built-in shapes validation set for quick evaluations."""
+"""Shared fixtures: the repository root, train_net.py in a subprocess, project configs on the CPU, and a small
+COCO-format subset of the built-in shapes validation set for quick evaluations."""
 import json
+import os
 import pathlib
+import subprocess
+import sys
 
 import hqod  # noqa: F401
 import pytest
 import torch
+from detectron2.config import get_cfg
 from detectron2.data import MetadataCatalog
 
+from hqod.config import add_hqod_config
 from hqod.data import validate_dataset
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -33,3 +39,48 @@ def tiny_shapes_val(tmp_path_factory):
     path = tmp_path_factory.mktemp("tiny") / "tiny_shapes_val.json"
     path.write_text(json.dumps(coco))
     return f"tiny_shapes_val:{path}:{meta.image_root}"
+
+
+@pytest.fixture(scope="session")
+def root():
+    """The repository root: configs/, tools/, train_net.py, demo.py."""
+    return ROOT
+
+
+@pytest.fixture(scope="session")
+def run_python(root):
+    """``run_python(script, *args, env=None, timeout=600)``: ``python script *args`` in a subprocess from the
+    repository root with one OpenMP thread (plus ``env``); returns the CompletedProcess (stdout and stderr as text)."""
+
+    def run(script, *args, env=None, timeout=600):
+        env = dict(os.environ, OMP_NUM_THREADS="1", **(env or {}))
+        return subprocess.run([sys.executable, str(script), *map(str, args)], cwd=root, env=env,
+                              capture_output=True, text=True, timeout=timeout)
+
+    return run
+
+
+@pytest.fixture(scope="session")
+def run_train_net(root, run_python):
+    """``run_train_net(*args, env=None, timeout=600)``: ``train_net.py *args`` through ``run_python``."""
+
+    def run(*args, env=None, timeout=600):
+        return run_python(root / "train_net.py", *args, env=env, timeout=timeout)
+
+    return run
+
+
+@pytest.fixture(scope="session")
+def get_config(root):
+    """``get_config(path, *opts)``: the project config (HQOD keys added) of ``configs/<path>`` with ``KEY VALUE``
+    overrides, on the CPU and not frozen, without the checks and data preparation of ``setup_cfg``."""
+
+    def load(path, *opts):
+        cfg = get_cfg()
+        add_hqod_config(cfg)
+        cfg.merge_from_file(str(root / "configs" / path))
+        cfg.merge_from_list(list(opts))
+        cfg.MODEL.DEVICE = "cpu"
+        return cfg
+
+    return load

@@ -14,11 +14,13 @@ import pytest
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.structures import BoxMode
 
+from hqod.evaluation import ground_truth_by_image
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools"))
 
 from bench import plots, report, runs, store  # noqa: E402
-from bench.data import ground_truth, write_train_crops, write_val_subset  # noqa: E402
+from bench.data import write_train_crops, write_val_subset  # noqa: E402
 from bench.plan import DATA, MODES, QAT_SETTINGS, TQT_SETTINGS, Run, baseline_of, build_plan, pairs  # noqa: E402
 from bench.summary import groups, paired  # noqa: E402
 
@@ -164,16 +166,28 @@ def test_a_run_is_reused_only_when_finished_by_the_same_command_after_its_weight
 
 def test_describe_reads_final_metrics_and_timings(tmp_path):
     run = _finished_run(tmp_path)
+    with open(pathlib.Path(run.output_dir) / "metrics.json", "a") as f:  # as QuantCalibration's scalars land there
+        f.write(json.dumps({"iteration": 0, "quant/calib_images": 16.0, "quant/calib_seconds": 6.5}) + "\n")
     pathlib.Path(run.output_dir, "log.txt").write_text(
         "[11/27 10:00:00] d2.engine.train_loop INFO: Starting training from iteration 0\n"
-        "[11/27 10:00:07] hqod.engine.hooks INFO: Calibrated 40 quantizers on 16 images\n"
+        "[11/27 10:00:07] hqod.quantization.calibrate INFO: Calibrated 40 quantizers on 16 images\n"
         "[11/27 10:01:07] d2.evaluation.evaluator INFO: Start inference on 100 batches\n"
         "[11/27 10:01:30] d2.evaluation.evaluator INFO: Total inference time\n")
     record = runs.describe(run)
     assert record["status"] == "ok" and record["metrics"] == {"bbox/AP": 42.0, "bbox/AP50": 60.0,
                                                               "harmony/pearson": 0.8}
     assert record["s_per_iter"] == pytest.approx(0.5 + 9.5 / 100)
-    assert (record["calib_s"], record["train_s"], record["eval_s"]) == (7.0, 60.0, 23.0)
+    assert (record["calib_s"], record["train_s"], record["eval_s"]) == (6.5, 60.5, 23.0)
+
+
+def test_a_run_without_calibration_takes_no_calibration_time(tmp_path):
+    run = _finished_run(tmp_path)
+    pathlib.Path(run.output_dir, "log.txt").write_text(
+        "[11/27 10:00:00] d2.engine.train_loop INFO: Starting training from iteration 0\n"
+        "[11/27 10:01:07] d2.evaluation.evaluator INFO: Start inference on 100 batches\n"
+        "[11/27 10:01:30] d2.evaluation.evaluator INFO: Total inference time\n")
+    record = runs.describe(run)
+    assert (record["calib_s"], record["train_s"], record["eval_s"]) == (0.0, 67.0, 23.0)
 
 
 def test_a_run_without_detections_is_a_failure(tmp_path):
@@ -205,7 +219,7 @@ def test_val_subset_keeps_the_first_images_by_id_with_their_boxes(tmp_path):
     assert sorted(img["id"] for img in subset["images"]) == first
     expected = [a for a in full["annotations"] if a["image_id"] in first]
     assert len(subset["annotations"]) == len(expected) > 0
-    gt = ground_truth(json_file)
+    gt = ground_truth_by_image(json_file)
     assert sorted(gt) == first and sum(len(boxes) for boxes, _ in gt.values()) == len(expected)
 
 
@@ -263,3 +277,22 @@ def test_ap_against_bits_is_written_as_one_whole_png(tmp_path):
     path = tmp_path / "figures" / "ap_vs_bits.png"
     plots.ap_vs_bits(path, groups(records), [("shapes", "retinanet", records)])
     assert path.read_bytes().startswith(b"\x89PNG") and os.listdir(path.parent) == ["ap_vs_bits.png"]
+
+
+def test_hexbin_points_are_matched_as_the_harmony_evaluator_matches_them(tmp_path):
+    coco = {"images": [{"id": 3, "file_name": "a.png", "height": 100, "width": 100}],
+            "categories": [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}],
+            "annotations": [{"id": 1, "image_id": 3, "category_id": 1, "bbox": [0, 0, 50, 50], "area": 2500,
+                             "iscrowd": 0},
+                            {"id": 2, "image_id": 3, "category_id": 2, "bbox": [50, 50, 50, 50], "area": 2500,
+                             "iscrowd": 0}]}
+    (tmp_path / "gt.json").write_text(json.dumps(coco))
+    detections = [  # COCO results: xywh boxes, the json's category ids
+        {"image_id": 3, "category_id": 1, "bbox": [0, 0, 50, 40], "score": 0.9},  # true positive, IoU 0.8
+        {"image_id": 3, "category_id": 1, "bbox": [50, 50, 50, 50], "score": 0.6},  # on the class-2 box
+        {"image_id": 3, "category_id": 1, "bbox": [0, 0, 50, 50], "score": 0.04},  # under the score threshold
+        {"image_id": 3, "category_id": 2, "bbox": [0, 0, 50, 10], "score": 0.5},  # IoU 0.2, other class: neither
+    ]
+    (tmp_path / "detections.json").write_text(json.dumps(detections))
+    tp, miscls = plots.score_iou(tmp_path / "detections.json", ground_truth_by_image(str(tmp_path / "gt.json")))
+    assert tp.tolist() == [[0.9, pytest.approx(0.8)]] and miscls.tolist() == [[0.6, 1.0]]

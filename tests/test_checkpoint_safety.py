@@ -4,10 +4,7 @@ in one line."""
 import collections
 import errno
 import os
-import pathlib
 import pickle
-import subprocess
-import sys
 
 import hqod  # noqa: F401
 import numpy as np
@@ -21,7 +18,6 @@ from hqod.engine.checkpoint import HQODCheckpointer, read_checkpoint
 from hqod.errors import CheckpointSaveError, HQODInputError
 from hqod.utils.safe_load import load_pickle, load_torch
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
 QUICKSTART = "configs/quickstart_retinanet_mnv2_shapes.yaml"
 QUICK = ["SOLVER.IMS_PER_BATCH", "2", "SOLVER.WARMUP_ITERS", "1", "DATALOADER.NUM_WORKERS", "0",
          "INPUT.MIN_SIZE_TRAIN", "(64,)", "INPUT.MIN_SIZE_TEST", "64", "DATASETS.TEST", "()"]
@@ -67,12 +63,6 @@ def malicious_files(folder):
     return marker, pth, pkl
 
 
-def run(script, *args, env=None):
-    env = dict(os.environ, OMP_NUM_THREADS="1", **(env or {}))
-    return subprocess.run([sys.executable, *script, *args], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=600)
-
-
 def error_line(result) -> str:
     """The run's last stderr line, which must be its only error report."""
     lines = result.stderr.strip().splitlines()
@@ -106,57 +96,57 @@ def test_caffe2_pickles_drop_momentum_and_use_name_matching(tmp_path):
 
 
 @pytest.mark.parametrize("kind", ["pth", "pkl"])
-def test_train_net_refuses_a_checkpoint_that_runs_code(tmp_path, kind):
+def test_train_net_refuses_a_checkpoint_that_runs_code(tmp_path, kind, run_train_net):
     marker, pth, pkl = malicious_files(tmp_path)
     weights = pth if kind == "pth" else pkl
-    result = run(["train_net.py"], "--eval-only", *train_args(tmp_path / "out", "MODEL.WEIGHTS", str(weights)))
+    result = run_train_net("--eval-only", *train_args(tmp_path / "out", "MODEL.WEIGHTS", str(weights)))
     assert f"checkpoint {weights} refused" in error_line(result)
     assert not marker.exists()
 
 
-def test_resume_refuses_a_last_checkpoint_that_runs_code(tmp_path):
+def test_resume_refuses_a_last_checkpoint_that_runs_code(tmp_path, run_train_net):
     marker, pth, _ = malicious_files(tmp_path)
     (tmp_path / "last_checkpoint").write_text(pth.name)
-    result = run(["train_net.py"], "--resume", *train_args(tmp_path, "SOLVER.MAX_ITER", "1"))
+    result = run_train_net("--resume", *train_args(tmp_path, "SOLVER.MAX_ITER", "1"))
     assert f"checkpoint {pth} refused" in error_line(result)
     assert not marker.exists()
 
 
 @pytest.mark.parametrize("kind", ["pth", "pkl"])
-def test_demo_refuses_a_checkpoint_that_runs_code(tmp_path, kind):
+def test_demo_refuses_a_checkpoint_that_runs_code(tmp_path, kind, run_python):
     marker, pth, pkl = malicious_files(tmp_path)
     weights = pth if kind == "pth" else pkl
     image = tmp_path / "image.png"
     image.write_bytes(b"")  # never read: the weights are refused first
-    result = run(["demo.py"], "--config-file", QUICKSTART, "--input", str(image), "--output", str(tmp_path / "out"),
-                 "--opts", "MODEL.WEIGHTS", str(weights))
+    result = run_python("demo.py", "--config-file", QUICKSTART, "--input", image, "--output", tmp_path / "out",
+                        "--opts", "MODEL.WEIGHTS", weights)
     assert f"checkpoint {weights} refused" in error_line(result)
     assert not marker.exists() and not (tmp_path / "out").exists()
 
 
-def test_a_kill_while_writing_a_checkpoint_resumes_from_the_last_whole_one(tmp_path):
+def test_a_kill_while_writing_a_checkpoint_resumes_from_the_last_whole_one(tmp_path, run_train_net, run_python):
     driver = tmp_path / "faulty_train_net.py"
     driver.write_text(FAULTY_TRAIN_NET)
     out = tmp_path / "run"
     opts = ["SOLVER.MAX_ITER", "3", "SOLVER.CHECKPOINT_PERIOD", "1"]
-    killed = run([str(driver), "train_net.py"], *train_args(out, *opts), env={"FAULT": "kill", "FAULT_AT": "2"})
+    killed = run_python(driver, "train_net.py", *train_args(out, *opts), env={"FAULT": "kill", "FAULT_AT": "2"})
     assert killed.returncode == -9  # died inside the second save (model_0000001)
     assert (out / "last_checkpoint").read_text() == "model_0000000.pth"
     assert not (out / "model_0000001.pth").exists()
     assert read_checkpoint(str(out / "model_0000000.pth"))["iteration"] == 0
-    resumed = run(["train_net.py"], "--resume", *train_args(out, *opts))
+    resumed = run_train_net("--resume", *train_args(out, *opts))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "Starting training from iteration 1" in (out / "log.txt").read_text()
     assert (out / "last_checkpoint").read_text() == "model_final.pth"
     assert not [p.name for p in out.iterdir() if p.name.endswith(".partial.pth")]  # the killed write's leftovers
 
 
-def test_a_failed_write_keeps_the_last_good_checkpoint(tmp_path):
+def test_a_failed_write_keeps_the_last_good_checkpoint(tmp_path, run_python):
     driver = tmp_path / "faulty_train_net.py"
     driver.write_text(FAULTY_TRAIN_NET)
     out = tmp_path / "run"
-    result = run([str(driver), "train_net.py"], *train_args(out, "SOLVER.MAX_ITER", "3", "SOLVER.CHECKPOINT_PERIOD",
-                                                             "1"), env={"FAULT": "disk_full", "FAULT_AT": "2"})
+    result = run_python(driver, "train_net.py", *train_args(out, "SOLVER.MAX_ITER", "3", "SOLVER.CHECKPOINT_PERIOD", "1"),
+                        env={"FAULT": "disk_full", "FAULT_AT": "2"})
     line = error_line(result)
     assert f"could not write checkpoint {out / 'model_0000001.pth'}" in line and "No space left on device" in line
     assert f"last good checkpoint ({out / 'model_0000000.pth'})" in line
@@ -191,21 +181,21 @@ def test_checkpointer_save_errors_are_one_line(tmp_path, monkeypatch, fault):
     assert torch.equal(restored.weight, model.weight)  # resuming finds the whole last good checkpoint
 
 
-def test_a_truncated_checkpoint_is_one_line_naming_it(tmp_path):
-    trained = run(["train_net.py"], *train_args(tmp_path, "SOLVER.MAX_ITER", "1"))
+def test_a_truncated_checkpoint_is_one_line_naming_it(tmp_path, run_train_net):
+    trained = run_train_net(*train_args(tmp_path, "SOLVER.MAX_ITER", "1"))
     assert trained.returncode == 0, trained.stderr[-3000:]
     final = tmp_path / "model_final.pth"
     final.write_bytes(final.read_bytes()[: final.stat().st_size // 2])
-    resumed = run(["train_net.py"], "--resume", *train_args(tmp_path, "SOLVER.MAX_ITER", "2"))
+    resumed = run_train_net("--resume", *train_args(tmp_path, "SOLVER.MAX_ITER", "2"))
     assert f"cannot read checkpoint {final}: it is truncated or corrupt" in error_line(resumed)
-    evaluated = run(["train_net.py"], "--eval-only", *train_args(tmp_path / "eval", "MODEL.WEIGHTS", str(final)))
+    evaluated = run_train_net("--eval-only", *train_args(tmp_path / "eval", "MODEL.WEIGHTS", str(final)))
     assert f"cannot read checkpoint {final}" in error_line(evaluated)
 
 
-def test_a_diverged_loss_stops_with_one_line_and_no_nan_checkpoint(tmp_path):
+def test_a_diverged_loss_stops_with_one_line_and_no_nan_checkpoint(tmp_path, run_train_net):
     """A huge learning rate makes the loss infinite within a few iterations; the run names that iteration and the
     last good checkpoint, which is finite and was not overwritten."""
-    result = run(["train_net.py"], *train_args(tmp_path, "SOLVER.MAX_ITER", "6", "SOLVER.CHECKPOINT_PERIOD", "1",
+    result = run_train_net(*train_args(tmp_path, "SOLVER.MAX_ITER", "6", "SOLVER.CHECKPOINT_PERIOD", "1",
                                                 "SOLVER.BASE_LR", "1e30", "SOLVER.WARMUP_FACTOR", "1.0",
                                                 "SOLVER.CLIP_GRADIENTS.ENABLED", "False"))
     line = error_line(result)
@@ -220,8 +210,8 @@ def test_a_diverged_loss_stops_with_one_line_and_no_nan_checkpoint(tmp_path):
     assert not list(tmp_path.glob(f"model_{failed_at:07d}.pth"))
 
 
-def test_a_worker_error_is_the_same_one_line_with_two_workers(tmp_path):
-    result = run(["train_net.py"], "--num-gpus", "2", *train_args(tmp_path, "SOLVER.MAX_ITER", "6",
+def test_a_worker_error_is_the_same_one_line_with_two_workers(tmp_path, run_train_net):
+    result = run_train_net("--num-gpus", "2", *train_args(tmp_path, "SOLVER.MAX_ITER", "6",
                                                                  "SOLVER.BASE_LR", "1e30", "SOLVER.WARMUP_FACTOR",
                                                                  "1.0", "SOLVER.CLIP_GRADIENTS.ENABLED", "False"))
     assert "error: training stopped: the loss became NaN or infinite at iteration" in error_line(result)

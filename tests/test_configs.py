@@ -1,27 +1,18 @@
 """Every shipped yaml merges into the project's config, and the QAT/HQOD configs say what their names say."""
+import pathlib
 import re
 
 import hqod  # noqa: F401
 import pytest
-from detectron2.config import get_cfg
 
-from conftest import ROOT
-from hqod import add_hqod_config
-
-CONFIGS = sorted((ROOT / "configs").rglob("*.yaml"))
+CONFIG_DIR = pathlib.Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = sorted(str(path.relative_to(CONFIG_DIR)) for path in CONFIG_DIR.rglob("*.yaml"))
 
 
-def load(path):
-    cfg = get_cfg()
-    add_hqod_config(cfg)
-    cfg.merge_from_file(str(path))
-    return cfg
-
-
-@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: str(p.relative_to(ROOT / "configs")))
-def test_config_merges_and_matches_its_name(path):
-    cfg = load(path)
-    name = path.stem
+@pytest.mark.parametrize("path", CONFIGS)
+def test_config_merges_and_matches_its_name(get_config, path):
+    cfg = get_config(path)
+    name = pathlib.Path(path).stem
     bits = re.search(r"w(\d)a(\d)|(\d)bit", name)
     if bits:
         wbits = int(bits.group(1) or bits.group(3))
@@ -33,8 +24,8 @@ def test_config_merges_and_matches_its_name(path):
     assert cfg.MODEL.META_ARCHITECTURE.startswith("HQOD") == ("hqod" in name)
 
 
-def test_user_entry_points_exist():
+def test_user_entry_points_exist(get_config):
     for name in ("hqod_retinanet_4bit", "hqod_retinanet_2bit", "hqod_fcos_4bit", "hqod_fcos_2bit"):
-        cfg = load(ROOT / "configs" / f"{name}.yaml")
+        cfg = get_config(f"{name}.yaml")
         assert cfg.DATASETS.TRAIN == ("coco_2017_train",)
         assert cfg.SOLVER.BASE_LR == (0.001 if "4bit" in name else 0.01)  # the authors' W4A4 / W2A2 rates

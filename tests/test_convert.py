@@ -1,26 +1,22 @@
 """convert_to_qat and calibrate on RetinaNet / FCOS with ResNet-18 and MobileNetV2 backbones: tiny CPU models."""
 import logging
 import pathlib
-import socket
 
 import hqod  # noqa: F401  (before any detectron2 import)
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 from detectron2.structures import Boxes, Instances
+from detectron2.utils import comm
 from detectron2.utils.events import EventStorage
 from torch import nn
 
-from hqod.config import add_hqod_config
+from hqod.engine import launch
 from hqod.errors import HQODInputError
 from hqod.quantization import (calibrate, convert_to_qat, is_calibrated, is_quantized, quant_signature, quantizers,
                                set_quant_state)
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
 SMALL = ["MODEL.FPN.OUT_CHANNELS", 32, "MODEL.RETINANET.NUM_CONVS", 2, "MODEL.FCOS.NUM_CONVS", 2,
          "MODEL.RETINANET.NUM_CLASSES", 3, "MODEL.FCOS.NUM_CLASSES", 3, "MODEL.WEIGHTS", ""]
 R18 = "COCO/retinanet_R18_FPN_fp32.yaml"
@@ -33,14 +29,14 @@ MODELS = {  # config: (stem, prediction convs)
 }
 
 
+@pytest.fixture
+def small_cfg(get_config):
+    """``small_cfg(config=R18, *opts)``: ``configs/<config>`` with a narrow FPN and head and 3 classes."""
 
-def load_cfg(config=R18, *opts):
-    cfg = get_cfg()
-    add_hqod_config(cfg)
-    cfg.merge_from_file(str(ROOT / "configs" / config))
-    cfg.merge_from_list(SMALL + list(opts))
-    cfg.MODEL.DEVICE = "cpu"
-    return cfg
+    def load(config=R18, *opts):
+        return get_config(config, *SMALL, *opts)
+
+    return load
 
 
 def build(cfg, convert=True):
@@ -66,8 +62,8 @@ def conv_names(model):
 
 
 @pytest.mark.parametrize("config", list(MODELS))
-def test_every_conv_quantized_with_8_bit_stem_and_predictors_then_trains(config):
-    cfg = load_cfg(config)
+def test_every_conv_quantized_with_8_bit_stem_and_predictors_then_trains(small_cfg, config):
+    cfg = small_cfg(config)
     fp_model = build(cfg, convert=False)
     names, fp_keys = conv_names(fp_model), set(fp_model.state_dict())
     model = convert_to_qat(fp_model, cfg)
@@ -95,8 +91,8 @@ def test_every_conv_quantized_with_8_bit_stem_and_predictors_then_trains(config)
 
 
 @pytest.mark.parametrize("algorithm", ["TQT", "DSQ"])
-def test_tqt_and_dsq_detectors_train(algorithm):
-    model = build(load_cfg(R18, "MODEL.QUANT.ALGORITHM", algorithm, "MODEL.QUANT.TQT_FREEZE_SCALE", False))
+def test_tqt_and_dsq_detectors_train(small_cfg, algorithm):
+    model = build(small_cfg(R18, "MODEL.QUANT.ALGORITHM", algorithm, "MODEL.QUANT.TQT_FREEZE_SCALE", False))
     calibrate(model, [images(1)], 1)
     with EventStorage():
         losses = model.train()(images(1))
@@ -105,8 +101,8 @@ def test_tqt_and_dsq_detectors_train(algorithm):
     assert all(p.grad is not None for n, p in model.named_parameters() if "_quant." in n and p.requires_grad)
 
 
-def test_fp_checkpoint_loads_and_qat_state_round_trips(tmp_path):
-    cfg = load_cfg()
+def test_fp_checkpoint_loads_and_qat_state_round_trips(small_cfg, tmp_path):
+    cfg = small_cfg()
     fp_state = build(cfg, convert=False).state_dict()
     torch.save({"model": fp_state}, tmp_path / "fp.pth")
     model = build(cfg)
@@ -129,13 +125,13 @@ def test_fp_checkpoint_loads_and_qat_state_round_trips(tmp_path):
     assert torch.equal(a.scores, b.scores) and torch.equal(a.pred_boxes.tensor, b.pred_boxes.tensor)
 
 
-def test_uncalibrated_model_raises():
+def test_uncalibrated_model_raises(small_cfg):
     with pytest.raises(HQODInputError, match="backbone.bottom_up.stem.conv1.input_quant.*calibrate"):
-        build(load_cfg()).eval()(images(1))
+        build(small_cfg()).eval()(images(1))
 
 
-def test_each_level_has_its_own_input_quantizer_and_signedness_follows_the_data():
-    model = build(load_cfg(R18, "MODEL.QUANT.ACT_OBSERVER", "MINMAX"))
+def test_each_level_has_its_own_input_quantizer_and_signedness_follows_the_data(small_cfg):
+    model = build(small_cfg(R18, "MODEL.QUANT.ACT_OBSERVER", "MINMAX"))
     batch = images()
     calibrate(model, [batch], 2)
     set_quant_state(model, observe=False, fake_quant=False)
@@ -150,8 +146,8 @@ def test_each_level_has_its_own_input_quantizer_and_signedness_follows_the_data(
     assert not signed["backbone.fpn_lateral3"] and not signed["backbone.top_block.p6"]  # C3, C5 (after ReLU)
 
 
-def test_sharing_options_per_channel_and_overrides(caplog):
-    cfg = load_cfg(R18, "MODEL.QUANT.SHARE_HEAD_WEIGHT_QUANTIZER", False, "MODEL.QUANT.PER_LEVEL_ACT_QUANTIZER", False,
+def test_sharing_options_per_channel_and_overrides(small_cfg, caplog):
+    cfg = small_cfg(R18, "MODEL.QUANT.SHARE_HEAD_WEIGHT_QUANTIZER", False, "MODEL.QUANT.PER_LEVEL_ACT_QUANTIZER", False,
                    "MODEL.QUANT.PER_CHANNEL", True,
                    "MODEL.QUANT.OVERRIDES", ["backbone.bottom_up.res2.*:2:3", "nothing.here:4:4"])
     with caplog.at_level(logging.INFO, logger="hqod.quantization.convert"):
@@ -164,8 +160,8 @@ def test_sharing_options_per_channel_and_overrides(caplog):
     assert f"Quantized {len(conv_names(model))} convs" in caplog.text and "| head.cls_score " in caplog.text
 
 
-def test_fold_bn_computes_conv_bn_and_freezes_its_statistics():
-    model = build(load_cfg(R18, "MODEL.QUANT.FOLD_BN", True))
+def test_fold_bn_computes_conv_bn_and_freezes_its_statistics(small_cfg):
+    model = build(small_cfg(R18, "MODEL.QUANT.FOLD_BN", True))
     conv = model.backbone.bottom_up.res3[0].conv1
     assert conv.fold_bn and not model.head.cls_subnet[0].fold_bn
     conv.norm.running_mean.uniform_(-1, 1)
@@ -179,8 +175,8 @@ def test_fold_bn_computes_conv_bn_and_freezes_its_statistics():
     assert torch.equal(conv.norm.running_mean, mean)
 
 
-def test_bad_calls():
-    cfg = load_cfg()
+def test_bad_calls(small_cfg):
+    cfg = small_cfg()
     model = build(cfg)
     for call, match in [(lambda: convert_to_qat(model, cfg), "already converted"),
                         (lambda: calibrate(model, [images(1)], 0), "positive number of images, got 0"),
@@ -191,30 +187,22 @@ def test_bad_calls():
         assert "\n" not in str(error.value)
 
 
-def _free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _calibrate_on_rank(rank, port, out_dir):
+def _calibrate_on_rank(cfg, out_dir):
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", world_size=2, rank=rank)
-    try:
-        model = build(load_cfg(R18, "MODEL.QUANT.WEIGHT_OBSERVER", "LSQ"))
-        loader = [images(1, seed=10 * rank + i, gain=1.0 if rank == 0 else 0.3) for i in range(2)]
-        seen = calibrate(model, loader, 4)
-        state = {k: v.clone() for k, v in model.state_dict().items() if "_quant." in k}
-        for _, quantizer in quantizers(model):  # as a schedule re-deriving steps every iteration does
-            quantizer.finish_calibration()
-        again = {k: v for k, v in model.state_dict().items() if "_quant." in k}
-        torch.save({"seen": seen, "state": state, "again": again}, pathlib.Path(out_dir) / f"rank{rank}.pth")
-    finally:
-        dist.destroy_process_group()
+    rank = comm.get_rank()
+    model = build(cfg)
+    loader = [images(1, seed=10 * rank + i, gain=1.0 if rank == 0 else 0.3) for i in range(2)]
+    seen = calibrate(model, loader, 4)
+    state = {k: v.clone() for k, v in model.state_dict().items() if "_quant." in k}
+    for _, quantizer in quantizers(model):  # as a schedule re-deriving steps every iteration does
+        quantizer.finish_calibration()
+    again = {k: v for k, v in model.state_dict().items() if "_quant." in k}
+    torch.save({"seen": seen, "state": state, "again": again}, pathlib.Path(out_dir) / f"rank{rank}.pth")
 
 
-def test_distributed_calibration_gives_identical_quantizers(tmp_path):
-    mp.spawn(_calibrate_on_rank, args=(_free_port(), str(tmp_path)), nprocs=2)
+def test_distributed_calibration_gives_identical_quantizers(small_cfg, tmp_path):
+    cfg = small_cfg(R18, "MODEL.QUANT.WEIGHT_OBSERVER", "LSQ")
+    launch(_calibrate_on_rank, 2, dist_url="auto", args=(cfg, str(tmp_path)))
     rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pth", weights_only=True) for r in (0, 1))
     assert rank0["seen"] == rank1["seen"] == 4  # images x world size
     assert rank0["state"].keys() == rank1["state"].keys()
@@ -222,7 +210,7 @@ def test_distributed_calibration_gives_identical_quantizers(tmp_path):
     # re-syncing (as a schedule that keeps observing does every iteration) leaves the steps unchanged
     assert all(torch.allclose(v, rank0["again"][k]) for k, v in rank0["state"].items())
     # rank 0's data alone gives other steps: the ranks did reduce their statistics
-    local = build(load_cfg(R18, "MODEL.QUANT.WEIGHT_OBSERVER", "LSQ"))
+    local = build(cfg)
     calibrate(local, [images(1, seed=0), images(1, seed=1)], 2)
     stem_input = "backbone.bottom_up.stem.conv1.input_quant.scale"
     assert not torch.equal(local.state_dict()[stem_input], rank0["state"][stem_input])

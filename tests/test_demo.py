@@ -11,7 +11,6 @@ import torch
 from detectron2.data import DatasetCatalog
 from detectron2.structures import Boxes, Instances
 
-from conftest import ROOT
 from hqod.data import validate_dataset
 from hqod.demo import HarmonyThresholds, Predictor, assess, draw_detections, read_rgb, run_demo, write_image
 from hqod.engine import HQODTrainer, setup_cfg
@@ -20,7 +19,7 @@ from hqod.quantization import calibrate, is_calibrated
 
 QUICKSTART = "configs/quickstart_retinanet_mnv2_shapes.yaml"
 SMALL = ["MODEL.WEIGHTS", "", "INPUT.MIN_SIZE_TEST", "128", "TEST.DETECTIONS_PER_IMAGE", "3"]
-QAT_YAML = f"""_BASE_: "{ROOT / QUICKSTART}"
+QAT_YAML = """_BASE_: "{base}"
 MODEL:
   WEIGHTS: ""
   QUANT:
@@ -40,14 +39,14 @@ def image_path():
 
 
 @pytest.fixture(scope="module")
-def checkpoints(tmp_path_factory, image_path):
+def checkpoints(root, tmp_path_factory, image_path):
     """A fresh FP checkpoint, a calibrated QAT one (256 px input: not resized) with its config, and its detections."""
     folder = tmp_path_factory.mktemp("demo_ckpt")
     torch.manual_seed(0)
     fp_cfg = setup_cfg(QUICKSTART, SMALL, validate_data=False)
     HQODCheckpointer(vary_scores(HQODTrainer.build_model(fp_cfg)), str(folder), cfg=fp_cfg).save("fp")
     qat_yaml = folder / "qat.yaml"
-    qat_yaml.write_text(QAT_YAML)
+    qat_yaml.write_text(QAT_YAML.format(base=root / QUICKSTART))
     qat_cfg = setup_cfg(str(qat_yaml), validate_data=False)
     model = vary_scores(HQODTrainer.build_model(qat_cfg))
     image = torch.as_tensor(read_rgb(image_path).astype("float32").transpose(2, 0, 1))
@@ -65,10 +64,16 @@ def vary_scores(model):
     return model
 
 
-def run_demo_cli(*args):
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    return subprocess.run([sys.executable, str(ROOT / "demo.py"), *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=120)
+@pytest.fixture(scope="module")
+def run_demo_cli(root):
+    """``run_demo_cli(*args)``: ``demo.py *args`` in a subprocess from the repository root."""
+
+    def run(*args):
+        env = dict(os.environ, OMP_NUM_THREADS="1")
+        return subprocess.run([sys.executable, str(root / "demo.py"), *args], cwd=root, env=env,
+                              capture_output=True, text=True, timeout=120)
+
+    return run
 
 
 def ring(shape, boxes, width=2):
@@ -94,7 +99,7 @@ def instances(boxes, scores, classes, size=(256, 256)):
     return result
 
 
-def test_draws_the_model_boxes_at_input_size(checkpoints, image_path, tmp_path):
+def test_draws_the_model_boxes_at_input_size(run_demo_cli, checkpoints, image_path, tmp_path):
     out = tmp_path / "out.png"
     result = run_demo_cli("--config-file", QUICKSTART, "--input", image_path, "--output", str(out),
                           "--confidence-threshold", "0", "--opts", *SMALL[2:], "MODEL.WEIGHTS", checkpoints["fp"])
@@ -128,7 +133,7 @@ def test_qat_checkpoint_loads_without_calibration(checkpoints, image_path):
     assert torch.allclose(detections.scores, expected.scores, atol=1e-5)
 
 
-def test_compare_fp_and_qat_side_by_side(checkpoints, image_path, tmp_path):
+def test_compare_fp_and_qat_side_by_side(run_demo_cli, checkpoints, image_path, tmp_path):
     out = tmp_path / "compare.png"
     result = run_demo_cli("--config-file", QUICKSTART, "--input", image_path, "--output", str(out),
                           "--compare", checkpoints["qat_yaml"], checkpoints["qat"], "--confidence-threshold", "0",
@@ -179,7 +184,7 @@ def test_assess_keeps_confident_and_inharmonious():
     assert kinds == ["", "score>IoU", "IoU>score"]
 
 
-def test_dataset_run_prints_one_row_per_marked_detection(checkpoints, tmp_path):
+def test_dataset_run_prints_one_row_per_marked_detection(run_demo_cli, checkpoints, tmp_path):
     result = run_demo_cli("--config-file", QUICKSTART, "--dataset", "hqod_shapes_val", "--max-images", "2",
                           "--output", str(tmp_path), "--confidence-threshold", "0", "--high-score", "0",
                           "--low-score", "0", "--low-iou", "1", "--high-iou", "1",
@@ -194,7 +199,7 @@ def test_dataset_run_prints_one_row_per_marked_detection(checkpoints, tmp_path):
 
 
 @pytest.mark.parametrize("case", ["no_match", "unreadable", "qat_under_fp", "fp_under_qat"])
-def test_bad_input_gives_one_line_error(case, checkpoints, image_path, tmp_path):
+def test_bad_input_gives_one_line_error(run_demo_cli, case, checkpoints, image_path, tmp_path):
     bad = tmp_path / "bad.jpg"
     bad.write_text("not an image")
     config, weights, inputs, expected = {

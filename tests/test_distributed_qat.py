@@ -5,7 +5,6 @@ import torch
 from detectron2.engine import HookBase
 from detectron2.utils import comm
 
-from conftest import ROOT
 from hqod.engine import HQODTrainer, launch, setup_cfg
 from hqod.engine.hooks import unwrap
 
@@ -38,12 +37,12 @@ def _train(config, opts, out_dir):
     trainer.train()
 
 
-def test_quantizers_identical_on_both_ranks(tmp_path):
+def test_quantizers_identical_on_both_ranks(root, tmp_path):
     opts = ["MODEL.WEIGHTS", "hqod://imagenet/mobilenet_v2.pth", "MODEL.QUANT.CALIB_IMAGES", "4",
             "SOLVER.MAX_ITER", "3", "SOLVER.IMS_PER_BATCH", "4", "SOLVER.WARMUP_ITERS", "1",
             "DATALOADER.NUM_WORKERS", "0", "INPUT.MIN_SIZE_TRAIN", "(128,)", "TEST.EVAL_PERIOD", "0",
             "DATASETS.TEST", "()", "OUTPUT_DIR", str(tmp_path / "out"), "SEED", "-1"]
-    config = str(ROOT / "configs" / "shapes" / "retinanet_MNV2_lsq_hqod_w4a4.yaml")
+    config = str(root / "configs" / "shapes" / "retinanet_MNV2_lsq_hqod_w4a4.yaml")
     launch(_train, 2, dist_url="auto", args=(config, opts, str(tmp_path)))
     for tag in ("calibrated", "trained"):
         rank0 = torch.load(tmp_path / f"{tag}_rank0.pth")

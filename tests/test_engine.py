@@ -1,6 +1,8 @@
 """Trainer pieces: schedule hooks, quantizer parameter group, atomic checkpoints, VOC + harmony evaluation, and bad
 QAT/HQOD config values rejected before training."""
+import json
 import math
+import pathlib
 import types
 
 import hqod  # noqa: F401
@@ -11,16 +13,13 @@ from detectron2.data.datasets import register_pascal_voc
 from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 
-from conftest import ROOT
 from hqod.engine import HQODTrainer, setup_cfg
 from hqod.engine.checkpoint import HQODCheckpointer
 from hqod.engine.hooks import HQODLossWeightScheduler, QuantScheduler
 from hqod.engine.schedules import ramp
 from hqod.quantization import calibrate, quantizers
-from test_train_net import run_train_net
 
-SHAPES = str(ROOT / "configs" / "quickstart_retinanet_mnv2_shapes.yaml")
-
+SHAPES = str(pathlib.Path(__file__).resolve().parents[1] / "configs" / "quickstart_retinanet_mnv2_shapes.yaml")
 
 
 def small_cfg(*opts):
@@ -115,6 +114,18 @@ def test_quantizer_parameters_get_their_own_group():
     assert not {id(p) for p in others} & quant_ids
 
 
+def test_calibration_seconds_and_images_land_in_metrics_json(run_train_net, tmp_path):
+    result = run_train_net("--config-file", "configs/shapes/retinanet_MNV2_lsq_hqod_w4a4.yaml", "MODEL.WEIGHTS", "",
+                           "MODEL.QUANT.CALIB_IMAGES", "3", "SOLVER.MAX_ITER", "1", "SOLVER.IMS_PER_BATCH", "1",
+                           "DATALOADER.NUM_WORKERS", "0", "INPUT.MIN_SIZE_TRAIN", "(64,)", "DATASETS.TEST", "()",
+                           "OUTPUT_DIR", str(tmp_path))
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [json.loads(line) for line in (tmp_path / "metrics.json").read_text().splitlines()]
+    calibration = [row for row in rows if "quant/calib_seconds" in row]
+    assert len(calibration) == 1 and calibration[0]["iteration"] == 0
+    assert calibration[0]["quant/calib_images"] == 3 and calibration[0]["quant/calib_seconds"] > 0
+
+
 VOC_XML = """<annotation><size><width>100</width><height>80</height><depth>3</depth></size>
 <object><name>tree</name><pose>Unspecified</pose><truncated>0</truncated><difficult>0</difficult>
 <bndbox><xmin>11</xmin><ymin>21</ymin><xmax>50</xmax><ymax>60</ymax></bndbox></object></annotation>"""
@@ -151,7 +162,7 @@ def test_voc_and_harmony_evaluators_work_with_current_numpy(tmp_path):
     (["MODEL.HQOD.TCORR_WEIGHT", "-1.0"], "TCORR_WEIGHT"),
     (["MODEL.HQOD.WEIGHT_SCHEDULE.TYPE", "step"], "WEIGHT_SCHEDULE"),
 ])
-def test_bad_qat_values_fail_before_training(opts, message):
+def test_bad_qat_values_fail_before_training(run_train_net, opts, message):
     result = run_train_net("--config-file", "configs/shapes/retinanet_MNV2_lsq_hqod_w4a4.yaml",
                            "MODEL.WEIGHTS", "", *opts)
     last = result.stderr.strip().splitlines()[-1]

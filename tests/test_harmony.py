@@ -1,5 +1,7 @@
 """HarmonyEvaluator: matching rules, correlations and the hexbin PNG on hand-made detections."""
 
+import json
+
 import hqod  # noqa: F401
 import numpy as np
 import pytest
@@ -7,7 +9,8 @@ import torch
 from detectron2.data import DatasetCatalog
 from detectron2.structures import Boxes, BoxMode, Instances
 
-from hqod.evaluation import HarmonyEvaluator, harmony_statistics
+from hqod.errors import HQODInputError
+from hqod.evaluation import HarmonyEvaluator, ground_truth_by_image, harmony_statistics
 from hqod.evaluation.harmony import _ranks
 
 GT = [  # one image, two classes
@@ -71,3 +74,17 @@ def test_spearman_ranks_average_ties():
 def test_fewer_than_two_true_positives_gives_nan_not_error():
     stats = harmony_statistics([0.9], [0.8])
     assert np.isnan(stats["pearson"]) and stats["num_tp"] == 1
+
+
+def test_ground_truth_of_a_registered_set_or_a_coco_json(dataset_name, tmp_path):
+    boxes, classes = ground_truth_by_image(dataset_name)[7]
+    assert boxes.tensor.tolist() == [[0, 0, 100, 100], [200, 200, 300, 300]] and classes.tolist() == [0, 1]
+    coco = {"images": [{"id": 4, "file_name": "a.png", "height": 400, "width": 400}],
+            "categories": [{"id": 5, "name": "a"}, {"id": 9, "name": "b"}],
+            "annotations": [{"id": 1, "image_id": 4, "category_id": 9, "bbox": [10, 20, 30, 40], "iscrowd": 0},
+                            {"id": 2, "image_id": 4, "category_id": 5, "bbox": [0, 0, 400, 400], "iscrowd": 1}]}
+    (tmp_path / "gt.json").write_text(json.dumps(coco))
+    boxes, classes = ground_truth_by_image(str(tmp_path / "gt.json"))[4]
+    assert boxes.tensor.tolist() == [[10, 20, 40, 60]] and classes.tolist() == [9]  # crowd left out, ids kept
+    with pytest.raises(HQODInputError, match="neither a registered data set nor a COCO json file"):
+        ground_truth_by_image("no_such_set")

@@ -7,7 +7,6 @@ import hqod  # noqa: F401  (before any detectron2 import)
 import pytest
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.config import get_cfg
 from detectron2.layers import Conv2d, FrozenBatchNorm2d
 from detectron2.modeling import META_ARCH_REGISTRY, build_model
 from detectron2.modeling.meta_arch.fcos import FCOS as Detectron2FCOS
@@ -15,35 +14,30 @@ from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 from detectron2.utils.file_io import PathManager
 
-from hqod.config import add_hqod_config
 from hqod.errors import HQODInputError
 from hqod.modeling.backbone import imagenet_weights
 from hqod.modeling.backbone.torchvision_mobilenetv2 import (PREFIX, convert_state_dict, reference_body,
                                                              torchvision_key_map)
 from hqod.utils.assets import cache_dir, sha256_of
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
 WEIGHTS = "hqod://imagenet/mobilenet_v2.pth"
 SMALL = ["MODEL.FPN.OUT_CHANNELS", 32, "MODEL.RETINANET.NUM_CONVS", 1, "MODEL.FCOS.NUM_CONVS", 1,
          "MODEL.RETINANET.NUM_CLASSES", 3, "MODEL.FCOS.NUM_CLASSES", 3]
 
 
-def load_cfg(config, *opts):
-    cfg = get_cfg()
-    add_hqod_config(cfg)
-    cfg.merge_from_file(str(ROOT / "configs" / config))
-    cfg.merge_from_list(list(opts))
-    cfg.MODEL.DEVICE = "cpu"
-    return cfg
+@pytest.fixture
+def build(get_config):
+    """``build(config, *opts, load_weights=False)``: a small model of ``configs/<config>`` (seed 0)."""
 
+    def build_small(config, *opts, load_weights=False):
+        cfg = get_config(config, *SMALL, *opts)
+        torch.manual_seed(0)
+        model = build_model(cfg)
+        if load_weights:
+            DetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)
+        return model
 
-def build(config, *opts, load_weights=False):
-    cfg = load_cfg(config, *SMALL, *opts)
-    torch.manual_seed(0)
-    model = build_model(cfg)
-    if load_weights:
-        DetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)
-    return model
+    return build_small
 
 
 def batch(size=160):
@@ -64,7 +58,7 @@ def torchvision_state_dict():
 
 
 @pytest.mark.parametrize("norm", ["FrozenBN", "BN"])
-def test_imagenet_weights_load_every_key(norm):
+def test_imagenet_weights_load_every_key(build, norm):
     model = build("quickstart_retinanet_mnv2_shapes.yaml", "MODEL.MOBILENETV2.NORM", norm, load_weights=True)
     local = PathManager.get_local_path(WEIGHTS)
     tv = torchvision_state_dict()
@@ -79,7 +73,7 @@ def test_imagenet_weights_load_every_key(norm):
     assert all(torch.equal(state[ours], tv[theirs]) for theirs, ours in mapping.items())
 
 
-def test_body_computes_torchvision_features():
+def test_body_computes_torchvision_features(build):
     torchvision = pytest.importorskip("torchvision")
     model = build("quickstart_retinanet_mnv2_shapes.yaml", "MODEL.MOBILENETV2.NORM", "BN", load_weights=True).eval()
     reference = torchvision.models.mobilenet_v2()
@@ -94,7 +88,7 @@ def test_body_computes_torchvision_features():
 
 @pytest.mark.parametrize("config", ["quickstart_retinanet_mnv2_shapes.yaml", "quickstart_fcos_mnv2_shapes.yaml",
                                     "COCO/retinanet_R18_FPN_fp32.yaml", "COCO/fcos_R18_FPN_fp32.yaml"])
-def test_train_step_and_inference(config):
+def test_train_step_and_inference(build, config):
     model = build(config, load_weights="mnv2" in config.lower()).train()
     with EventStorage():
         losses = model(batch())
@@ -112,7 +106,7 @@ def test_train_step_and_inference(config):
     assert {"pred_boxes", "scores", "pred_classes"} <= set(instances.get_fields())
 
 
-def test_fcos_is_registered_and_built_from_yacs_keys():
+def test_fcos_is_registered_and_built_from_yacs_keys(build):
     assert issubclass(META_ARCH_REGISTRY.get("FCOS"), Detectron2FCOS)
     base = build("quickstart_fcos_mnv2_shapes.yaml")
     other = build("quickstart_fcos_mnv2_shapes.yaml", "MODEL.FCOS.NUM_CONVS", 3, "MODEL.FCOS.HEAD_NORM", "",
@@ -136,7 +130,7 @@ def test_fcos_is_registered_and_built_from_yacs_keys():
         build("quickstart_fcos_mnv2_shapes.yaml", "MODEL.FCOS.IN_FEATURES", ["p2"])
 
 
-def test_fpn_top_block_input_and_freeze_at():
+def test_fpn_top_block_input_and_freeze_at(build):
     p5 = build("quickstart_retinanet_mnv2_shapes.yaml", "MODEL.MOBILENETV2.NORM", "BN")
     c5 = build("quickstart_retinanet_mnv2_shapes.yaml", "MODEL.FPN.TOP_BLOCK_IN_FEATURE", "stage5",
                "MODEL.BACKBONE.FREEZE_AT", 0)
@@ -157,13 +151,13 @@ def test_fpn_top_block_input_and_freeze_at():
 
 
 @pytest.mark.parametrize("arch", ["RetinaNet", "FCOS"])
-def test_float_configs_merge(arch):
+def test_float_configs_merge(get_config, arch):
     name = arch.lower()
     configs = [f"Base-{arch}.yaml", f"Base-{arch}-MNV2.yaml", f"quickstart_{name}_mnv2_shapes.yaml",
                f"deepforest/{name}_MNV2_FPN_fp32.yaml"]
     configs += [f"COCO/{name}_{backbone}_FPN_fp32.yaml" for backbone in ("R50", "R18", "MNV2")]
     for config in configs:
-        cfg = load_cfg(config)
+        cfg = get_config(config)
         assert cfg.MODEL.META_ARCHITECTURE == arch
         if "mnv2" in config.lower():
             assert cfg.MODEL.WEIGHTS == WEIGHTS and cfg.INPUT.FORMAT == "RGB"
@@ -197,8 +191,8 @@ def test_missing_weights_wheel_or_name(tmp_path, monkeypatch):
         PathManager.get_local_path("hqod://imagenet/resnet18.pth")
 
 
-def test_converter_cli(tmp_path):
-    main = runpy.run_path(str(ROOT / "tools" / "convert_torchvision_mobilenet.py"))["main"]
+def test_converter_cli(root, tmp_path):
+    main = runpy.run_path(str(root / "tools" / "convert_torchvision_mobilenet.py"))["main"]
     with pytest.raises(SystemExit, match="absent.pth: no such file"):
         main([str(tmp_path / "absent.pth"), str(tmp_path / "out.pth")])
     main([str(torchvision_file()), str(tmp_path / "out.pth")])

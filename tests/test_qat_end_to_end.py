@@ -8,10 +8,8 @@ import sys
 import time
 
 import pytest
-import torch
 
-from conftest import ROOT
-from test_train_net import run_train_net
+from hqod.engine.checkpoint import read_checkpoint
 
 pytestmark = pytest.mark.slow
 
@@ -45,7 +43,7 @@ def metrics(output_dir):
 _RUNS = {}
 
 
-def fp_and_qat(detector, tiny_shapes_val, tmp_path_factory):
+def fp_and_qat(run_train_net, detector, tiny_shapes_val, tmp_path_factory):
     """(tmp dir, QAT result) after an FP run and a QAT W4A4 + HQOD run from its checkpoint (once per detector)."""
     if detector not in _RUNS:
         fp_config, qat_config, test_opts = DETECTORS[detector]
@@ -59,9 +57,9 @@ def fp_and_qat(detector, tiny_shapes_val, tmp_path_factory):
 
 
 @pytest.fixture(params=sorted(DETECTORS))
-def fp_then_qat(request, tiny_shapes_val, tmp_path_factory):
+def fp_then_qat(request, run_train_net, tiny_shapes_val, tmp_path_factory):
     """(detector, tmp dir, QAT result, test options) for RetinaNet and FCOS."""
-    tmp, qat = fp_and_qat(request.param, tiny_shapes_val, tmp_path_factory)
+    tmp, qat = fp_and_qat(run_train_net, request.param, tiny_shapes_val, tmp_path_factory)
     return request.param, tmp, qat, DETECTORS[request.param][2]
 
 
@@ -73,13 +71,14 @@ def test_qat_run_calibrates_trains_with_hqod_and_evaluates(fp_then_qat):
     assert rows and all(m["loss_tcorr"] == m["loss_tcorr"] for m in rows)  # logged and not NaN
     assert all(m["quant/weight_bits"] == 4 and m["quant/fake_quant"] == 1 for m in rows)
     assert all(m["hqod/tcorr_weight"] == 1.0 for m in rows)
+    assert [m["quant/calib_images"] for m in metrics(tmp / "qat") if "quant/calib_images" in m] == [4]
     assert "tiny_shapes_val: AP" in qat.stdout and "harmony pearson" in qat.stdout
-    checkpoint = torch.load(tmp / "qat" / "model_final.pth", map_location="cpu", weights_only=False)
+    checkpoint = read_checkpoint(str(tmp / "qat" / "model_final.pth"))
     assert checkpoint["quant_config"]["WEIGHT_BITS"] == 4
     assert any(k.endswith("input_quant.initialized") or ".input_quant." in k for k in checkpoint["model"])
 
 
-def test_eval_only_evaluates_the_quantized_model(fp_then_qat, tiny_shapes_val):
+def test_eval_only_evaluates_the_quantized_model(run_train_net, fp_then_qat, tiny_shapes_val):
     detector, tmp, _, test_opts = fp_then_qat
     weights = str(tmp / "qat" / "model_final.pth")
     result = check_ok(run_train_net("--eval-only", *args_for(DETECTORS[detector][1], tiny_shapes_val, tmp / "ev",
@@ -90,7 +89,7 @@ def test_eval_only_evaluates_the_quantized_model(fp_then_qat, tiny_shapes_val):
     assert "Quantized" in log  # the quantized model, not the FP one
 
 
-def test_qat_checkpoint_under_fp_config_or_other_bits_fails_clearly(fp_then_qat, tiny_shapes_val):
+def test_qat_checkpoint_under_fp_config_or_other_bits_fails_clearly(run_train_net, fp_then_qat, tiny_shapes_val):
     detector, tmp, _, test_opts = fp_then_qat
     weights = str(tmp / "qat" / "model_final.pth")
     fp = run_train_net("--eval-only", *args_for(DETECTORS[detector][0], tiny_shapes_val, tmp / "e1", *test_opts,
@@ -102,14 +101,14 @@ def test_qat_checkpoint_under_fp_config_or_other_bits_fails_clearly(fp_then_qat,
     assert w2.returncode != 0 and "WEIGHT_BITS" in w2.stderr.strip().splitlines()[-1]
 
 
-def test_killed_run_resumes_from_its_last_checkpoint(tiny_shapes_val, tmp_path, tmp_path_factory):
-    tmp, _ = fp_and_qat("retinanet", tiny_shapes_val, tmp_path_factory)
+def test_killed_run_resumes_from_its_last_checkpoint(root, run_train_net, tiny_shapes_val, tmp_path, tmp_path_factory):
+    tmp, _ = fp_and_qat(run_train_net, "retinanet", tiny_shapes_val, tmp_path_factory)
     _, qat_config, test_opts = DETECTORS["retinanet"]
     out = tmp_path / "run"
     fp_weights = ["MODEL.WEIGHTS", str(tmp / "fp" / "model_final.pth"), "MODEL.QUANT.CALIB_IMAGES", "4"]
-    cmd = [sys.executable, str(ROOT / "train_net.py"), *args_for(qat_config, tiny_shapes_val, out, *test_opts, iters=400),
+    cmd = [sys.executable, str(root / "train_net.py"), *args_for(qat_config, tiny_shapes_val, out, *test_opts, iters=400),
            *fp_weights, "SOLVER.CHECKPOINT_PERIOD", "4"]
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=dict(os.environ, OMP_NUM_THREADS="1"),
+    proc = subprocess.Popen(cmd, cwd=root, env=dict(os.environ, OMP_NUM_THREADS="1"),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
     while time.time() < deadline and not (out / "model_0000007.pth").exists():
@@ -117,7 +116,7 @@ def test_killed_run_resumes_from_its_last_checkpoint(tiny_shapes_val, tmp_path, 
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert (out / "model_0000007.pth").exists(), "no checkpoint written before the deadline"
-    saved = torch.load(out / (out / "last_checkpoint").read_text(), map_location="cpu", weights_only=False)
+    saved = read_checkpoint(str(out / (out / "last_checkpoint").read_text()))
     quant_state = {k: v for k, v in saved["model"].items() if "_quant." in k}
     assert quant_state and "optimizer" in saved["trainer"]["_trainer"]
     assert any("LRScheduler" in name for name in saved["trainer"]["hooks"])

@@ -1,10 +1,5 @@
 """train_net.py end to end on CPU: a few iterations, evaluation, 2 gloo workers, and bad input."""
 import json
-import os
-import subprocess
-import sys
-
-from conftest import ROOT
 
 QUICK = [  # a few iterations of the quickstart recipe with a cheap evaluation
     "SOLVER.MAX_ITER", "3", "SOLVER.IMS_PER_BATCH", "2", "SOLVER.WARMUP_ITERS", "1",
@@ -14,19 +9,13 @@ QUICK = [  # a few iterations of the quickstart recipe with a cheap evaluation
 ]
 
 
-def run_train_net(*args, timeout=600):
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    return subprocess.run([sys.executable, str(ROOT / "train_net.py"), *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=timeout)
-
-
 def quick_args(tiny_shapes_val, output_dir, num_gpus=1):
     return ["--config-file", "configs/quickstart_retinanet_mnv2_shapes.yaml", "--num-gpus", str(num_gpus),
             *QUICK, "DATASETS.COCO_FORMAT", f"('{tiny_shapes_val}',)", "DATASETS.TEST", "('tiny_shapes_val',)",
             "OUTPUT_DIR", str(output_dir)]
 
 
-def test_trains_and_evaluates(tiny_shapes_val, tmp_path):
+def test_trains_and_evaluates(run_train_net, tiny_shapes_val, tmp_path):
     result = run_train_net(*quick_args(tiny_shapes_val, tmp_path))
     assert result.returncode == 0, result.stderr[-3000:]
     assert (tmp_path / "model_final.pth").is_file()
@@ -36,7 +25,7 @@ def test_trains_and_evaluates(tiny_shapes_val, tmp_path):
     assert (tmp_path / "inference" / "tiny_shapes_val" / "harmony_hexbin.png").is_file()
 
 
-def test_two_cpu_workers_over_gloo(tiny_shapes_val, tmp_path):
+def test_two_cpu_workers_over_gloo(run_train_net, tiny_shapes_val, tmp_path):
     result = run_train_net(*quick_args(tiny_shapes_val, tmp_path, num_gpus=2))
     assert result.returncode == 0, result.stderr[-3000:]
     log = (tmp_path / "log.txt").read_text()
@@ -44,7 +33,7 @@ def test_two_cpu_workers_over_gloo(tiny_shapes_val, tmp_path):
     assert (tmp_path / "model_final.pth").is_file()
 
 
-def test_eval_only_reads_the_trained_weights(tiny_shapes_val, tmp_path):
+def test_eval_only_reads_the_trained_weights(run_train_net, tiny_shapes_val, tmp_path):
     trained = run_train_net(*quick_args(tiny_shapes_val, tmp_path / "train"))
     assert trained.returncode == 0, trained.stderr[-3000:]
     result = run_train_net("--eval-only", *quick_args(tiny_shapes_val, tmp_path / "eval"),
@@ -60,17 +49,17 @@ def _one_line_error(result):
     return lines[-1]
 
 
-def test_missing_config_file():
+def test_missing_config_file(run_train_net):
     assert "does not exist" in _one_line_error(run_train_net("--config-file", "configs/nope.yaml"))
 
 
-def test_malformed_config_file(tmp_path):
+def test_malformed_config_file(run_train_net, tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("MODEL: [unclosed\n")
     assert "not valid YAML" in _one_line_error(run_train_net("--config-file", str(bad)))
 
 
-def test_unknown_key_and_unknown_dataset():
+def test_unknown_key_and_unknown_dataset(run_train_net):
     line = _one_line_error(run_train_net("--config-file", "configs/quickstart_retinanet_mnv2_shapes.yaml",
                                          "MODEL.NOT_A_KEY", "1"))
     assert "NOT_A_KEY" in line
@@ -79,6 +68,6 @@ def test_unknown_key_and_unknown_dataset():
     assert "no_such_set" in line
 
 
-def test_missing_weights_file(tiny_shapes_val, tmp_path):
+def test_missing_weights_file(run_train_net, tiny_shapes_val, tmp_path):
     line = _one_line_error(run_train_net(*quick_args(tiny_shapes_val, tmp_path), "MODEL.WEIGHTS", "/no/such.pth"))
     assert "/no/such.pth" in line

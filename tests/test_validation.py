@@ -5,10 +5,8 @@ import sys
 
 import hqod  # noqa: F401
 import pytest
-from detectron2.config import get_cfg
 
 import hqod.engine.validation as validation
-from hqod.config import add_hqod_config
 from hqod.engine import HQODTrainer, setup_cfg
 from hqod.errors import HQODInputError
 
@@ -16,12 +14,9 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 QAT = str(ROOT / "configs" / "shapes" / "retinanet_MNV2_lsq_hqod_w4a4.yaml")
 
 
-def qat_cfg(*opts):
-    cfg = get_cfg()
-    add_hqod_config(cfg)
-    cfg.merge_from_file(QAT)
-    cfg.merge_from_list(["MODEL.WEIGHTS", "", *opts])
-    return cfg
+@pytest.fixture
+def qat_cfg(get_config):
+    return lambda *opts: get_config("shapes/retinanet_MNV2_lsq_hqod_w4a4.yaml", "MODEL.WEIGHTS", "", *opts)
 
 
 @pytest.mark.parametrize("opts, match", [
@@ -44,14 +39,14 @@ def qat_cfg(*opts):
     (["MODEL.META_ARCHITECTURE", "RetinaNet", "MODEL.HQOD.HIOU_WEIGHT", 2.0], "set but MODEL.META_ARCHITECTURE"),
     (["MODEL.WEIGHTS", "/no/such/model.pth"], "MODEL.WEIGHTS file '/no/such/model.pth' does not exist"),
 ])
-def test_each_bad_value_is_one_line(opts, match):
+def test_each_bad_value_is_one_line(qat_cfg, opts, match):
     cfg = qat_cfg(*opts)
     with pytest.raises(HQODInputError, match=match) as error:
         validation.validate_config(cfg)
     assert "\n" not in str(error.value)
 
 
-def test_quant_keys_are_not_checked_when_quantization_is_off():
+def test_quant_keys_are_not_checked_when_quantization_is_off(qat_cfg):
     validation.validate_config(qat_cfg("MODEL.QUANT.ENABLED", False, "MODEL.QUANT.WEIGHT_BITS", 9))
 
 

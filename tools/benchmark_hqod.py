@@ -22,10 +22,11 @@ import time
 
 import hqod  # noqa: F401  (before any detectron2 import)
 import torch
+from hqod.evaluation import ground_truth_by_image
 from hqod.utils.io import atomic_write_bytes
 
 from bench import plots, report, speed, store
-from bench.data import ground_truth, write_train_crops, write_val_subset
+from bench.data import write_train_crops, write_val_subset
 from bench.plan import BATCH, CALIB_IMAGES, DATA, FP_SETTING, MODES, build_plan
 from bench.runs import describe, execute, is_complete
 from bench.summary import groups, paired
@@ -96,7 +97,7 @@ def draw(runs, records, summary_groups, data_sets, mode, out_dir):
     figures, combos = [], []
     for dataset in mode.datasets:
         val = data_sets[dataset]["val"]
-        gt = ground_truth(data_sets[dataset]["entries"][0].split(":")[1])
+        gt = ground_truth_by_image(data_sets[dataset]["entries"][0].split(":")[1])
         for detector in mode.detectors:
             first = {}
             for run in runs:

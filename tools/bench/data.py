@@ -1,13 +1,12 @@
-"""The bench's data: the first N validation images as a COCO json, fixed training crops of a one-class set (every
-crop holds boxes, which Detectron2 v0.6's FCOS needs), and ground truth by image for the plots."""
+"""The bench's data: the first N validation images as a COCO json, and fixed training crops of a one-class set (every
+crop holds boxes, which Detectron2 v0.6's FCOS needs)."""
 import json
 import pathlib
 
 import cv2
 import numpy as np
-import torch
 from detectron2.data import DatasetCatalog, MetadataCatalog
-from detectron2.structures import Boxes, BoxMode
+from detectron2.structures import BoxMode
 
 from hqod.data import validate_dataset
 from hqod.data.cache import build_once
@@ -61,15 +60,3 @@ def write_train_crops(train: str, crop: int, out_dir: pathlib.Path):
     folder = build_once(out_dir / name, build)
     return f"{name}:{folder / 'train.json'}:{folder / 'images'}", name
 
-
-def ground_truth(json_file: str) -> dict:
-    """``image_id -> (Boxes XYXY, category ids)`` of a COCO json, in the json's own category ids."""
-    coco = json.loads(pathlib.Path(json_file).read_text())
-    boxes = {img["id"]: ([], []) for img in coco["images"]}
-    for a in coco["annotations"]:
-        if not a.get("iscrowd", 0):
-            x, y, w, h = a["bbox"]
-            boxes[a["image_id"]][0].append([x, y, x + w, y + h])
-            boxes[a["image_id"]][1].append(a["category_id"])
-    return {image_id: (Boxes(torch.tensor(b, dtype=torch.float32).reshape(-1, 4)), torch.tensor(c, dtype=torch.int64))
-            for image_id, (b, c) in boxes.items()}

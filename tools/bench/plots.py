@@ -12,12 +12,11 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from detectron2.structures import Boxes  # noqa: E402
 
-from hqod.evaluation.harmony import TP_IOU, harmony_statistics, match_detections  # noqa: E402
+from hqod.evaluation import classify_detections, harmony_statistics  # noqa: E402
 from hqod.utils.io import atomic_write_bytes  # noqa: E402
 
 from .plan import FP_SETTING, bits_of  # noqa: E402
 
-SCORE_THRESH = 0.05  # as HarmonyEvaluator
 LABELS = {FP_SETTING: "FP32"}
 
 
@@ -32,23 +31,21 @@ def label(setting: str) -> str:
 
 
 def score_iou(detections_json: pathlib.Path, gt: dict):
-    """(score, IoU) of true positives and of misclassified detections (score >= 0.05), as HarmonyEvaluator."""
+    """(score, IoU) of true positives and of misclassified detections of a COCO results json, matched as
+    HarmonyEvaluator matches them (``gt``: ``ground_truth_by_image`` of the json the detections were made on)."""
     detections = {}
     for d in json.loads(detections_json.read_text()):
-        if d["score"] >= SCORE_THRESH:
-            detections.setdefault(d["image_id"], []).append(d)
-    tp, miscls = [], []
+        detections.setdefault(d["image_id"], []).append(d)
+    points = {"tp": [], "miscls": []}
     for image_id, dets in detections.items():
         x, y, w, h = torch.tensor([d["bbox"] for d in dets], dtype=torch.float32).unbind(1)
         boxes = Boxes(torch.stack([x, y, x + w, y + h], dim=1))
+        scores = torch.tensor([d["score"] for d in dets], dtype=torch.float64)
         classes = torch.tensor([d["category_id"] for d in dets])
-        same, other = match_detections(boxes, classes, *gt[image_id])
-        for d, s, o in zip(dets, same.tolist(), other.tolist()):
-            if s >= TP_IOU:
-                tp.append((d["score"], s))
-            elif o >= TP_IOU:
-                miscls.append((d["score"], o))
-    return np.array(tp).reshape(-1, 2), np.array(miscls).reshape(-1, 2)
+        for kind, score, iou in classify_detections(boxes, scores, classes, *gt[image_id]):
+            if kind in points:
+                points[kind].append((score, iou))
+    return tuple(np.array(points[kind]).reshape(-1, 2) for kind in ("tp", "miscls"))
 
 
 def hexbins(path: pathlib.Path, panels, gt: dict, title: str) -> None:

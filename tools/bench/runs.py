@@ -1,5 +1,6 @@
 """Run one train_net.py subprocess of the plan (or find it already done) and turn its outputs into a record:
-final AP and harmony from metrics.json, timings from log.txt, peak RSS from the child's rusage."""
+final AP, harmony, seconds per iteration and calibration seconds from metrics.json, training and evaluation
+seconds from log.txt, peak RSS from the child's rusage."""
 import datetime
 import json
 import math
@@ -13,6 +14,8 @@ import sys
 import time
 
 import yaml
+
+from hqod.utils.io import atomic_write_bytes
 
 COMMAND_FILE = "bench_command.json"
 _STAMP = re.compile(r"^\[(\d\d/\d\d \d\d:\d\d:\d\d)\]")
@@ -68,7 +71,7 @@ def execute(run, timeout_s: float) -> dict:
     wall = time.monotonic() - start
     rc = os.waitstatus_to_exitcode(status) if status is not None else None
     record = {"wall_s": wall, "peak_rss_mb": rusage.ru_maxrss / 1024 if rusage else None, "rc": rc}
-    (out / COMMAND_FILE).write_text(json.dumps(cmd[1:]))
+    atomic_write_bytes(out / COMMAND_FILE, json.dumps(cmd[1:]).encode())
     record.update(describe(run))
     if status is None:
         record.update(status="failed", error=f"timed out after {timeout_s:.0f} s")
@@ -137,14 +140,17 @@ def effective_config(path: pathlib.Path) -> dict:
 
 
 def _timings(run) -> dict:
-    """Seconds per training iteration (median of metrics.json's ``time``); calibration, training and evaluation
-    seconds from log.txt's timestamps (1 s resolution; calibration 0 when the checkpoint was calibrated)."""
+    """From metrics.json: seconds per training iteration (median of ``time``) and calibration seconds
+    (``quant/calib_seconds``, 0 when the run did not calibrate); from log.txt's timestamps (1 s resolution): training
+    seconds (from the start of training to the first inference, less the calibration) and evaluation seconds."""
     out = pathlib.Path(run.output_dir)
     result = {}
     metrics = out / "metrics.json"
     if metrics.is_file():
-        times = [r["time"] for r in map(json.loads, metrics.read_text().splitlines()) if "time" in r]
+        rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+        times = [r["time"] for r in rows if "time" in r]
         result["s_per_iter"] = statistics.median(times) if times else None
+        result["calib_s"] = next((r["quant/calib_seconds"] for r in rows if "quant/calib_seconds" in r), 0.0)
     log = out / "log.txt"
     if not log.is_file():
         return result
@@ -155,14 +161,10 @@ def _timings(run) -> dict:
             continue
         t = datetime.datetime.strptime(stamp.group(1), "%m/%d %H:%M:%S")
         marks["last"] = t
-        for name, text in (("start", "Starting training from iteration"), ("calibrated", "Calibrated "),
-                           ("inference", "Start inference on")):
+        for name, text in (("start", "Starting training from iteration"), ("inference", "Start inference on")):
             if text in line:
                 marks.setdefault(name, t)
-    train_start = marks.get("calibrated", marks.get("start"))
-    if "start" in marks:
-        result["calib_s"] = (train_start - marks["start"]).total_seconds()
-    if train_start and "inference" in marks:
-        result["train_s"] = (marks["inference"] - train_start).total_seconds()
+    if "start" in marks and "inference" in marks:
+        result["train_s"] = (marks["inference"] - marks["start"]).total_seconds() - result.get("calib_s", 0.0)
         result["eval_s"] = (marks["last"] - marks["inference"]).total_seconds()
     return result

@@ -8,6 +8,7 @@ from PIL import Image
 
 from ..errors import HQODInputError
 from ..evaluation.harmony import ground_truth_by_image
+from ..utils.io import atomic_path
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -70,13 +71,7 @@ def read_rgb(path):
 
 
 def write_image(path, image_rgb) -> None:
-    """Write an RGB array to ``path`` whole or not at all (under a temporary name, then renamed)."""
-    folder, name = os.path.split(path)
-    os.makedirs(folder or ".", exist_ok=True)
-    tmp = os.path.join(folder, f".{name}.partial")
-    try:
-        Image.fromarray(image_rgb).save(tmp, format=Image.registered_extensions()[os.path.splitext(name)[1].lower()])
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    """Write an RGB array to ``path`` whole or not at all, in the format its extension names."""
+    image_format = Image.registered_extensions()[os.path.splitext(path)[1].lower()]
+    with atomic_path(path) as tmp:
+        Image.fromarray(image_rgb).save(tmp, format=image_format)

@@ -4,6 +4,7 @@ Each schedule hook writes its current values into the event storage every iterat
 ``metrics.json`` and TensorBoard.
 """
 import logging
+import time
 
 from detectron2.engine import HookBase
 from torch import nn
@@ -20,7 +21,11 @@ def unwrap(model):
 
 
 class QuantCalibration(HookBase):
-    """Calibrates a converted model once, before the first iteration; a resumed calibrated checkpoint skips it."""
+    """Calibrates a converted model once, before the first iteration; a resumed calibrated checkpoint skips it.
+
+    Its wall time (data loader included) and the images it saw go into the event storage as
+    ``quant/calib_seconds`` and ``quant/calib_images``, at the first iteration, so they land in ``metrics.json``.
+    """
 
     def __init__(self, build_loader, num_images: int):
         self._build_loader = build_loader
@@ -33,7 +38,11 @@ class QuantCalibration(HookBase):
         if is_calibrated(model):
             logger.info("Quantizers already initialised (QAT checkpoint): calibration skipped.")
             return
-        calibrate(model, self._build_loader(), self._num_images)
+        start = time.perf_counter()
+        seen = calibrate(model, self._build_loader(), self._num_images)
+        storage = self.trainer.storage
+        storage.put_scalar("quant/calib_seconds", time.perf_counter() - start, smoothing_hint=False)
+        storage.put_scalar("quant/calib_images", float(seen), smoothing_hint=False)
 
 
 class QuantScheduler(HookBase):

@@ -1,7 +1,7 @@
 """``HarmonyEvaluator``: how well detection scores agree with localisation quality (the paper's task harmony).
 
-Over detections after NMS with score >= ``score_thresh`` (0.05, as the authors' analysis tool), each detection
-is matched to ground truth by IoU:
+Over detections after NMS with score >= ``SCORE_THRESH`` (0.05, as the authors' analysis tool), each detection
+is matched to ground truth by IoU (``classify_detections``):
 
 * true positive: IoU >= 0.5 with a ground-truth box of its class (the IoU used is the best such IoU; the
   authors' tool records a detection once per matching box, so a box matching two same-class boxes counts
@@ -21,13 +21,16 @@ from collections import OrderedDict
 import numpy as np
 import torch
 from detectron2.data import DatasetCatalog
+from detectron2.data.datasets import load_coco_json
 from detectron2.evaluation import DatasetEvaluator
 from detectron2.structures import Boxes, BoxMode, pairwise_iou
 from detectron2.utils import comm
 
+from ..errors import HQODInputError
 from ..utils.io import atomic_write_bytes
 
-TP_IOU = 0.5
+SCORE_THRESH = 0.05  # detections scoring lower are left out, as in the authors' analysis tool
+TP_IOU = 0.5  # a detection with this IoU or more with a ground-truth box of its class is a true positive
 
 
 def match_detections(pred_boxes: Boxes, pred_classes, gt_boxes: Boxes, gt_classes):
@@ -42,10 +45,37 @@ def match_detections(pred_boxes: Boxes, pred_classes, gt_boxes: Boxes, gt_classe
     return same_iou, other_iou
 
 
-def ground_truth_by_image(dataset_name):
-    """``image_id -> (Boxes in XYXY_ABS, class tensor)`` from a registered data set, crowd boxes left out."""
+def classify_detections(pred_boxes: Boxes, scores, pred_classes, gt_boxes: Boxes, gt_classes,
+                        score_thresh=SCORE_THRESH):
+    """``[(kind, score, iou)]`` for the detections of one image scoring at least ``score_thresh``, by the rules
+    above: kind "tp" or "misloc" with the best same-class IoU, "miscls" with the best other-class IoU, or "other"
+    (no overlap with a box of its class; IoU 0)."""
+    keep = scores >= score_thresh
+    same_iou, other_iou = match_detections(pred_boxes[keep], pred_classes[keep], gt_boxes, gt_classes)
+    records = []
+    for score, same, other in zip(scores[keep].tolist(), same_iou.tolist(), other_iou.tolist()):
+        if same >= TP_IOU:
+            records.append(("tp", score, same))
+        elif other >= TP_IOU:
+            records.append(("miscls", score, other))
+        else:
+            records.append(("misloc" if same > 0 else "other", score, same))
+    return records
+
+
+def ground_truth_by_image(dataset):
+    """``image_id -> (Boxes in XYXY_ABS, class tensor)``, crowd boxes left out, of ``dataset``: the name of a
+    registered data set (classes as its contiguous ids) or the path of a COCO json file (classes as the file's
+    category ids, the ids of COCO-format detection results)."""
+    if dataset in DatasetCatalog.list():
+        records = DatasetCatalog.get(dataset)
+    elif os.path.isfile(dataset):
+        records = load_coco_json(str(dataset), image_root="")
+    else:
+        raise HQODInputError(f"{str(dataset)!r} is neither a registered data set nor a COCO json file; "
+                             "pass a data set name or an existing json")
     result = {}
-    for record in DatasetCatalog.get(dataset_name):
+    for record in records:
         annos = [a for a in record.get("annotations", []) if not a.get("iscrowd", 0)]
         boxes = [BoxMode.convert(a["bbox"], a["bbox_mode"], BoxMode.XYXY_ABS) for a in annos]
         result[record["image_id"]] = (
@@ -83,7 +113,7 @@ def _ranks(values):
 class HarmonyEvaluator(DatasetEvaluator):
     """Score–IoU harmony of a detector's outputs on a data set with ground truth."""
 
-    def __init__(self, dataset_name, output_dir=None, score_thresh=0.05, distributed=True):
+    def __init__(self, dataset_name, output_dir=None, score_thresh=SCORE_THRESH, distributed=True):
         self._dataset_name = dataset_name
         self._output_dir = output_dir
         self._score_thresh = score_thresh
@@ -99,18 +129,8 @@ class HarmonyEvaluator(DatasetEvaluator):
     def process(self, inputs, outputs):
         for inp, out in zip(inputs, outputs):
             instances = out["instances"].to("cpu")
-            instances = instances[instances.scores >= self._score_thresh]
-            gt_boxes, gt_classes = self._gt[inp["image_id"]]
-            same_iou, other_iou = match_detections(instances.pred_boxes, instances.pred_classes, gt_boxes, gt_classes)
-            for score, same, other in zip(instances.scores.tolist(), same_iou.tolist(), other_iou.tolist()):
-                if same >= TP_IOU:
-                    self._records.append(("tp", score, same))
-                elif other >= TP_IOU:
-                    self._records.append(("miscls", score, other))
-                elif same > 0:
-                    self._records.append(("misloc", score, same))
-                else:
-                    self._records.append(("other", score, same))
+            self._records += classify_detections(instances.pred_boxes, instances.scores, instances.pred_classes,
+                                                 *self._gt[inp["image_id"]], score_thresh=self._score_thresh)
 
     def evaluate(self):
         records = self._records

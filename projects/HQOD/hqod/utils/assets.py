@@ -53,7 +53,8 @@ def fetch_wheel(package: str, version: str, sha256: str) -> pathlib.Path:
             )
         check_sha256(downloaded[0], sha256)
         target = wheels / downloaded[0].name
-        os.replace(downloaded[0], target)
+        with atomic_path(target) as partial:
+            shutil.move(downloaded[0], partial)
     return target
 
 
