@@ -8,7 +8,6 @@ from detectron2.layers import Conv2d, NaiveSyncBatchNorm
 from detectron2.utils import comm
 from torch import nn
 
-from conftest import ROOT
 from hqod.engine import HQODTrainer, launch, setup_cfg
 from hqod.modeling.sync_bn import convert_naive_sync_batchnorm
 from hqod.quantization import is_quantized
@@ -56,8 +55,8 @@ def test_world_size_one_trains_like_batchnorm():
     assert torch.allclose(naive.running_mean, plain.running_mean) and torch.allclose(naive.running_var, plain.running_var)
 
 
-def test_coco_qat_config_builds_on_cpu_with_naive_sync_bn():
-    config = ROOT / "configs" / "COCO" / "QAT" / "retinanet_R18_lsq_w4a4.yaml"  # RESNETS.NORM SyncBN
+def test_coco_qat_config_builds_on_cpu_with_naive_sync_bn(root):
+    config = root / "configs" / "COCO" / "QAT" / "retinanet_R18_lsq_w4a4.yaml"  # RESNETS.NORM SyncBN
     cfg = setup_cfg(str(config), ["MODEL.WEIGHTS", ""], validate_data=False)
     model = HQODTrainer.build_model(cfg)
     assert is_quantized(model) and not any(isinstance(m, nn.SyncBatchNorm) for m in model.modules())
