@@ -1,4 +1,5 @@
-"""``launch`` that runs N CPU worker processes over gloo when CUDA is absent, Detectron2's own otherwise."""
+"""``launch`` that runs N CPU worker processes over gloo when CUDA is absent and Detectron2's own ``launch``
+cannot (v0.6); Detectron2's own otherwise (``hqod.compat`` measure 3)."""
 import logging
 from datetime import timedelta
 
@@ -8,13 +9,15 @@ import torch.multiprocessing as mp
 from detectron2.engine import launch as d2_launch
 from detectron2.utils import comm
 
+from .. import compat
+
 DEFAULT_TIMEOUT = timedelta(minutes=30)
 
 
 def launch(main_func, num_gpus_per_machine, num_machines=1, machine_rank=0, dist_url=None, args=(),
            timeout=DEFAULT_TIMEOUT):
     """Same signature as ``detectron2.engine.launch``; without CUDA, ``num_gpus_per_machine`` counts CPU workers."""
-    if torch.cuda.is_available() or num_machines * num_gpus_per_machine == 1:
+    if torch.cuda.is_available() or compat.LAUNCH_RUNS_CPU_WORKERS or num_machines * num_gpus_per_machine == 1:
         return d2_launch(main_func, num_gpus_per_machine, num_machines=num_machines,
                          machine_rank=machine_rank, dist_url=dist_url, args=args, timeout=timeout)
     if dist_url in (None, "auto"):
@@ -41,7 +44,7 @@ def _cpu_worker(local_rank, main_func, num_machines, workers_per_machine, machin
     except Exception:
         logging.getLogger(__name__).error("Process group URL: %s", dist_url)
         raise
-    if hasattr(comm, "create_local_process_group"):  # current Detectron2
+    if hasattr(comm, "create_local_process_group"):  # Detectron2 after v0.6 but before its gloo fallback
         comm.create_local_process_group(workers_per_machine)
     else:  # Detectron2 v0.6 keeps the group in a module global
         for i in range(num_machines):
