@@ -3,7 +3,7 @@ PY := .venv/bin/python
 STAMP := .venv/.hqod-setup-done
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: setup test test-slow quickstart quickstart-qat bench bench-quick clean-cache
+.PHONY: setup test test-d2main test-slow quickstart quickstart-qat bench bench-quick clean-cache
 
 setup: $(STAMP)
 
@@ -19,6 +19,25 @@ $(STAMP): requirements.txt setup.py tools/install_detectron2.py
 # The fast suite (under 10 minutes on 2 cores).
 test: setup
 	$(PY) -m pytest -q -m "not slow" tests
+
+# Current official Detectron2: its Python sources lie in shared/ beside the repository. They are unpacked into
+# .cache/ once per tarball (the stamp is named after it, so a new tarball is unpacked afresh).
+D2MAIN_SRC := ../shared/detectron2-main
+D2MAIN := .cache/detectron2-main
+D2MAIN_TARBALL := $(firstword $(wildcard $(D2MAIN_SRC)/detectron2-*.tar.gz))
+D2MAIN_STAMP := $(D2MAIN)/.unpacked-$(notdir $(D2MAIN_TARBALL))
+
+$(D2MAIN_STAMP): $(D2MAIN_TARBALL)
+	@test -n "$(D2MAIN_TARBALL)" -a -f $(D2MAIN_SRC)/unpack.sh || { echo "error: no detectron2-*.tar.gz and\
+	 unpack.sh in $(D2MAIN_SRC); put the shared/ folder beside this repository" >&2; exit 1; }
+	rm -rf $(D2MAIN)
+	bash $(D2MAIN_SRC)/unpack.sh $(D2MAIN) >/dev/null
+	touch $@
+
+# The fast suite under current Detectron2, first on PYTHONPATH (the suite stops at once if another one is imported).
+test-d2main: $(D2MAIN_STAMP) setup
+	PYTHONPATH="$(CURDIR)/$(D2MAIN)$${PYTHONPATH:+:$$PYTHONPATH}" \
+	$(PY) -m pytest -q -m "not slow" --detectron2-from $(D2MAIN)/detectron2 tests
 
 # End-to-end runs of train_net.py (FP -> QAT -> eval, 2 CPU workers, kill-and-resume).
 test-slow: setup

@@ -6,6 +6,7 @@ import pathlib
 import subprocess
 import sys
 
+import detectron2
 import hqod  # noqa: F401
 import pytest
 import torch
@@ -17,6 +18,19 @@ from hqod.data import validate_dataset
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
+
+def pytest_addoption(parser):
+    parser.addoption("--detectron2-from", metavar="DIR", help="stop unless detectron2 is imported from DIR")
+
+
+def pytest_configure(config):
+    """``make test-d2main`` names its Detectron2, so a PYTHONPATH that misses it cannot silently test v0.6 (both
+    report ``__version__`` 0.6, so the check is by path)."""
+    expected = config.getoption("--detectron2-from")
+    imported = pathlib.Path(detectron2.__file__).resolve().parent
+    if expected and imported != pathlib.Path(expected).resolve():
+        raise pytest.UsageError(f"detectron2 is imported from {imported}, not {expected}; put "
+                                f"{pathlib.Path(expected).parent} first on PYTHONPATH")
 
 @pytest.fixture(autouse=True, scope="session")
 def one_thread():

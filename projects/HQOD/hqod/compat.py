@@ -3,22 +3,31 @@
 Imported first by ``hqod/__init__.py``. It never edits Detectron2's files; each measure is a no-op where
 the installed Detectron2 does not need it:
 
-1. ``detectron2._C`` missing (``pb1-detectron2`` has no C++ sources): a stand-in module is registered so
-   that v0.6's module-level ``from detectron2 import _C`` imports succeed; using any of its operators
-   (deformable conv, rotated boxes, the fast COCO evaluator) raises an ImportError saying what to install.
-   ``HAS_C_EXTENSION`` tells evaluators to use pycocotools' own evaluation (``use_fast_impl=False``).
-2. ``create_ddp_model`` passes ``device_ids=[local_rank]`` even on CPU, which DistributedDataParallel
-   rejects: on a machine without CUDA it is wrapped to pass ``device_ids=None``.
+1. ``detectron2._C`` missing (``pb1-detectron2`` has no C++ sources; current Detectron2 used from its unbuilt
+   sources, as ``make test-d2main`` does, has none either): a stand-in module is registered so that module-level
+   ``from detectron2 import _C`` imports (v0.6's layers, both versions' fast COCO evaluator) succeed; using any
+   of its operators (deformable conv, rotated boxes, the fast COCO evaluator) raises an ImportError saying what
+   to install. ``HAS_C_EXTENSION`` tells evaluators to use pycocotools' own evaluation (``use_fast_impl=False``).
+2. ``create_ddp_model`` (v0.6 and current) passes ``device_ids=[local_rank]`` even on CPU, which
+   DistributedDataParallel rejects: on a machine without CUDA it is wrapped to pass ``device_ids=None``.
 3. v0.6's ``launch()`` hard-codes NCCL and asserts CUDA: ``hqod.engine.launch`` replaces it on CPU
-   (a gloo process group per CPU worker) and calls Detectron2's own ``launch`` when CUDA is present.
+   (a gloo process group per CPU worker). ``LAUNCH_RUNS_CPU_WORKERS`` is true where Detectron2's own worker
+   falls back to gloo without CUDA (current Detectron2); there, and whenever CUDA is present, Detectron2's
+   ``launch`` runs unchanged.
 4. v0.6's ``DefaultTrainer`` checkpoints no optimizer state (current Detectron2 adds it under ``_trainer``):
    ``DEFAULT_TRAINER_SAVES_OPTIMIZER`` tells ``HQODTrainer`` to add it itself.
 5. Detectron2 decorates functions with ``torch.jit.script``, which current torch deprecates with a FutureWarning
    at every import: that one warning is silenced.
 6. v0.6's Pascal VOC loader calls ``np.loadtxt(..., dtype=np.str)``, an alias numpy 1.24 removed: ``np.str`` is
-   restored as the builtin ``str`` it always was (only when missing). The VOC evaluator's ``np.bool`` needs no
+   restored as the builtin ``str`` it always was, only when numpy lacks it and the installed loader reads it
+   (``VOC_LOADER_READS_NP_STR``; current Detectron2 passes ``str``). The VOC evaluator's ``np.bool`` needs no
    measure: numpy >= 2 defines ``np.bool`` again.
+
+Measures 3 and 6 look at the bytecode of the Detectron2 function concerned, so they need no source files and
+no version string (current Detectron2 still calls itself 0.6).
 """
+import dis
+import importlib
 import importlib.util
 import sys
 import types
@@ -93,5 +102,26 @@ def _default_trainer_saves_optimizer() -> bool:
 
 DEFAULT_TRAINER_SAVES_OPTIMIZER = _default_trainer_saves_optimizer()
 
-if "str" not in np.__dict__:
+
+def _bytecode_has(function, opname: str, argval) -> bool:
+    """Whether ``function``'s own bytecode (not its callees') has the instruction ``opname argval``."""
+    return any(ins.opname == opname and ins.argval == argval for ins in dis.get_instructions(function))
+
+
+def _launch_runs_cpu_workers() -> bool:
+    launch_module = importlib.import_module("detectron2.engine.launch")  # the package re-exports the function
+    return _bytecode_has(launch_module._distributed_worker, "LOAD_CONST", "GLOO")
+
+
+LAUNCH_RUNS_CPU_WORKERS = _launch_runs_cpu_workers()
+
+
+def _voc_loader_reads_np_str() -> bool:
+    from detectron2.data.datasets.pascal_voc import load_voc_instances
+
+    return _bytecode_has(load_voc_instances, "LOAD_ATTR", "str")  # np.str, not the builtin
+
+
+VOC_LOADER_READS_NP_STR = _voc_loader_reads_np_str()
+if VOC_LOADER_READS_NP_STR and "str" not in np.__dict__:
     np.str = str

@@ -1,5 +1,6 @@
-"""``launch`` that runs N CPU worker processes over gloo when CUDA is absent, Detectron2's own otherwise; a worker's
-``HQODError`` reaches the caller as that one-line error rather than as the worker's traceback."""
+"""``launch`` that runs N CPU worker processes over gloo when CUDA is absent and Detectron2's own ``launch``
+cannot (v0.6), Detectron2's own otherwise (``hqod.compat`` measure 3); with several workers, a worker's ``HQODError``
+reaches the caller as that one-line error rather than as the worker's traceback."""
 import logging
 from datetime import timedelta
 from functools import partial
@@ -8,9 +9,10 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from detectron2.engine import launch as d2_launch
-from torch.multiprocessing.spawn import ProcessException
 from detectron2.utils import comm
+from torch.multiprocessing.spawn import ProcessException
 
+from .. import compat
 from ..errors import HQODError
 
 DEFAULT_TIMEOUT = timedelta(minutes=30)
@@ -25,7 +27,7 @@ def launch(main_func, num_gpus_per_machine, num_machines=1, machine_rank=0, dist
     errors = mp.get_context("spawn").SimpleQueue()
     main_func = partial(_reporting_errors, main_func, errors)
     try:
-        if torch.cuda.is_available():
+        if torch.cuda.is_available() or compat.LAUNCH_RUNS_CPU_WORKERS:
             return d2_launch(main_func, num_gpus_per_machine, num_machines=num_machines, machine_rank=machine_rank,
                              dist_url=dist_url, args=args, timeout=timeout)
         if dist_url in (None, "auto"):
@@ -65,7 +67,7 @@ def _cpu_worker(local_rank, main_func, num_machines, workers_per_machine, machin
     except Exception:
         logging.getLogger(__name__).error("Process group URL: %s", dist_url)
         raise
-    if hasattr(comm, "create_local_process_group"):  # current Detectron2
+    if hasattr(comm, "create_local_process_group"):  # Detectron2 after v0.6 but before its gloo fallback
         comm.create_local_process_group(workers_per_machine)
     else:  # Detectron2 v0.6 keeps the group in a module global
         for i in range(num_machines):
