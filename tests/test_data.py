@@ -25,8 +25,9 @@ from hqod.utils.assets import fetch_wheel
 
 # Measured once and fixed: the generator and the tiling are deterministic, so a change here is a change of the
 # data (bump the module's VERSION so that old caches are not used).
-SHAPES_COUNTS = {"hqod_shapes_train": (400, 1177), "hqod_shapes_val": (100, 299)}  # images, boxes
-DEEPFOREST_COUNTS = {"deepforest_train": (43, 742), "deepforest_val": (13, 436)}  # tiles, boxes
+SHAPES_COUNTS = {"hqod_shapes_train": (400, 1177), "hqod_shapes_val": (100, 299),  # images, boxes
+                 "hqod_shapes_test": (200, 616)}
+DEEPFOREST_COUNTS = {"deepforest_train": (43, 742), "deepforest_val": (7, 237), "deepforest_test": (6, 216)}
 
 
 def _check_dicts(dicts, num_classes):
@@ -150,7 +151,7 @@ def deepforest_sources():
 
 def test_deepforest_sources_have_951_boxes(deepforest_sources):
     counts = {name: len(boxes) for name, (_, boxes) in deepforest_sources.items()}
-    assert counts == {name: count for name, (_, count) in deepforest.SOURCE_IMAGES.items()}
+    assert counts == deepforest.SOURCE_IMAGES
     assert sum(counts.values()) == 951
     for image, boxes in deepforest_sources.values():
         height, width = image.shape[:2]
@@ -162,8 +163,9 @@ def test_deepforest_sources_have_951_boxes(deepforest_sources):
 def test_deepforest_registered_tiles(name, deepforest_sources):
     split = name.split("_")[1]
     dicts = DatasetCatalog.get(name)
-    expected_tiles = sum(math.ceil(image.shape[1] / 400) * math.ceil(image.shape[0] / 400)
-                         for src, (image, _) in deepforest_sources.items() if deepforest.SOURCE_IMAGES[src][0] == split)
+    expected_tiles = sum(math.ceil(((end or image.shape[1]) - start) / 400) * math.ceil(image.shape[0] / 400)
+                         for src, (image, _) in deepforest_sources.items()
+                         for region, start, end in deepforest.SPLIT_REGIONS[src] if region == split)
     assert len(dicts) == expected_tiles == DEEPFOREST_COUNTS[name][0]
     assert sum(len(d["annotations"]) for d in dicts) == DEEPFOREST_COUNTS[name][1]
     assert MetadataCatalog.get(name).thing_classes == ["tree"]
@@ -181,6 +183,21 @@ def test_deepforest_registered_tiles(name, deepforest_sources):
     assert np.allclose(sorted(map(list, kept)),
                        sorted([x, y, x + w, y + h] for x, y, w, h in (a["bbox"] for a in d["annotations"])))
     validate_dataset(name)
+
+
+def test_deepforest_test_split_is_held_out(deepforest_sources):
+    """No test tile shares a pixel with a val tile, and at least 150 distinct trees are mostly (>= half) in test."""
+    def rectangles(split):
+        return [(name, x0, y0, x0 + tile.shape[1], y0 + tile.shape[0])
+                for name, x0, y0, tile, _ in deepforest.split_tiles(deepforest_sources, split)]
+
+    for name, *test in rectangles("test"):
+        for other, *val in rectangles("val"):
+            overlap = name == other and test[0] < val[2] and val[0] < test[2] and test[1] < val[3] and val[1] < test[3]
+            assert not overlap, (name, test, val)
+    image, boxes = deepforest_sources["2019_YELL_2_541000_4977000_image_crop.png"]
+    in_test = np.clip(boxes[:, 2], deepforest.TEST_CUT, None) - np.clip(boxes[:, 0], deepforest.TEST_CUT, None)
+    assert (in_test >= 0.5 * (boxes[:, 2] - boxes[:, 0])).sum() >= 150
 
 
 def test_deepforest_without_the_wheel_says_how_to_get_it(tmp_path, monkeypatch):

@@ -1,11 +1,15 @@
-"""``deepforest_train`` / ``deepforest_val``: real NEON aerial RGB images with 951 tree-crown boxes, one class "tree".
+"""``deepforest_train`` / ``deepforest_val`` / ``deepforest_test``: real NEON aerial RGB images with 951 tree-crown
+boxes, one class "tree".
 
 Source: the four annotated images in ``deepforest/data/`` of the PyPI wheel ``deepforest==2.1.0`` (fetched by
 ``pip download --no-deps`` and checked by sha256, never installed), each with a Pascal VOC xml; SOAP_061's
 "Alive"/"Dead" labels both become "tree". VOC boxes (1-based, inclusive) become ``[xmin - 1, ymin - 1, xmax,
-ymax]`` in pixels. The split is by image, so no tree is in both splits (``SOURCE_IMAGES``).
+ymax]`` in pixels. The wheel holds no other annotated image (its CSV files repeat these annotations), so the
+splits are by image for train and by region for val and test (``SPLIT_REGIONS``): the image
+2019_YELL_2_541000_4977000 is cut at column ``TEST_CUT``, its left part joins SOAP_061 in val and its right part is
+the test split; each region is tiled on its own, so no tile holds pixels of two splits.
 
-Tiling: each image is cut into ``TILE_SIZE`` squares with stride ``TILE_SIZE``; the last tile of a row or
+Tiling: each image (or region) is cut into ``TILE_SIZE`` squares with stride ``TILE_SIZE``; the last tile of a row or
 column is aligned to the image's edge (overlapping its neighbour), so ``ceil(W / 400) * ceil(H / 400)`` tiles
 cover the image (an image smaller than a tile is one tile). A box crossing a tile border is clipped to the
 tile and kept when the kept part has at least ``MIN_KEPT_FRACTION`` of the box's area and both sides
@@ -28,18 +32,27 @@ from .coco_format import register_coco_dataset, write_coco_json
 
 WHEEL = ("deepforest", "2.1.0", "8c2798d8e9be7f0004b194fe207b76c1d9fff6e711b3db67b9508dcd5d00ae54")
 SOURCE_DIR = "deepforest/data/"
-# image in the wheel's data folder (its xml has the same stem) -> (split, number of boxes)
+# image in the wheel's data folder (its xml has the same stem) -> number of boxes
 SOURCE_IMAGES = {
-    "2019_YELL_2_528000_4978000_image_crop2.png": ("train", 574),
-    "OSBS_029.png": ("train", 61),
-    "2019_YELL_2_541000_4977000_image_crop.png": ("val", 279),
-    "SOAP_061.png": ("val", 37),
+    "2019_YELL_2_528000_4978000_image_crop2.png": 574,
+    "OSBS_029.png": 61,
+    "2019_YELL_2_541000_4977000_image_crop.png": 279,
+    "SOAP_061.png": 37,
+}
+SPLITS = ("train", "val", "test")
+TEST_CUT = 520  # column of 2019_YELL_2_541000_4977000 (1249 px wide) where test begins: >= 150 test boxes
+# image -> [(split, first column, end column or None for the image's width)], each range tiled on its own
+SPLIT_REGIONS = {
+    "2019_YELL_2_528000_4978000_image_crop2.png": [("train", 0, None)],
+    "OSBS_029.png": [("train", 0, None)],
+    "2019_YELL_2_541000_4977000_image_crop.png": [("val", 0, TEST_CUT), ("test", TEST_CUT, None)],
+    "SOAP_061.png": [("val", 0, None)],
 }
 THING_CLASSES = ("tree",)
 TILE_SIZE = 400
 MIN_KEPT_FRACTION = 0.5
 MIN_SIDE = 2.0
-VERSION = 1  # bump when the conversion changes, so old caches are not used
+VERSION = 2  # bump when the conversion changes, so old caches are not used (2: val cut into val and test)
 
 
 def deepforest_root():
@@ -94,18 +107,27 @@ def tile_image(image, boxes):
             yield x0, y0, tile, clip_to_tile(boxes, x0, y0, tile.shape[1], tile.shape[0])
 
 
+def split_tiles(sources, split):
+    """Yield ``(name, x0, y0, tile, tile_boxes)`` for every tile of ``split``; ``x0, y0``: the tile's offset in its
+    source image (a region's tiles are cut from the region alone, boxes kept by the rule above)."""
+    for name, (image, boxes) in sources.items():
+        for region_split, start, end in SPLIT_REGIONS[name]:
+            if region_split != split:
+                continue
+            region = image[:, start:end]
+            for x0, y0, tile, tile_boxes in tile_image(region, boxes - [start, 0, start, 0]):
+                yield name, start + x0, y0, tile, tile_boxes
+
+
 def _build(folder):
     sources = read_sources(fetch_wheel(*WHEEL))
-    for split in ("train", "val"):
+    for split in SPLITS:
         (folder / split).mkdir()
         records = []
-        for name, (image, boxes) in sources.items():
-            if SOURCE_IMAGES[name][0] != split:
-                continue
-            for x0, y0, tile, tile_boxes in tile_image(image, boxes):
-                file_name = f"{name.rsplit('.', 1)[0]}_{x0}_{y0}.png"
-                cv2.imwrite(str(folder / split / file_name), tile)
-                records.append((file_name, tile.shape[0], tile.shape[1], tile_boxes, [0] * len(tile_boxes)))
+        for name, x0, y0, tile, tile_boxes in split_tiles(sources, split):
+            file_name = f"{name.rsplit('.', 1)[0]}_{x0}_{y0}.png"
+            cv2.imwrite(str(folder / split / file_name), tile)
+            records.append((file_name, tile.shape[0], tile.shape[1], tile_boxes, [0] * len(tile_boxes)))
         write_coco_json(folder / f"{split}.json", records, THING_CLASSES)
 
 
@@ -114,7 +136,7 @@ def prepare_deepforest():
     return build_once(deepforest_root(), _build)
 
 
-for _split in ("train", "val"):
+for _split in SPLITS:
     register_coco_dataset(
         f"deepforest_{_split}", deepforest_root() / f"{_split}.json", deepforest_root() / _split,
         prepare=prepare_deepforest, thing_classes=list(THING_CLASSES),

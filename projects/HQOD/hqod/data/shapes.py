@@ -1,4 +1,5 @@
-"""``hqod_shapes_train`` / ``hqod_shapes_val``: a built-in synthetic detection set, small enough for a CPU quickstart.
+"""``hqod_shapes_train`` / ``hqod_shapes_val`` / ``hqod_shapes_test``: a built-in synthetic detection set, small
+enough for a CPU quickstart; test is held out (its own seed) for reporting what was chosen on val.
 
 Each 256x256 JPEG holds 1-5 filled shapes of four classes (``THING_CLASSES``); the class is the shape alone:
 colours are random (kept far from the background under the shape), sizes 24-120 px (longer box side,
@@ -23,10 +24,10 @@ from .coco_format import register_coco_dataset, write_coco_json
 
 THING_CLASSES = ("ellipse", "rectangle", "triangle", "star")
 IMAGE_SIZE = 256
-NUM_IMAGES = {"train": 400, "val": 100}
-_SPLIT_IDS = {"train": 0, "val": 1}  # part of each image's seed
+NUM_IMAGES = {"train": 400, "val": 100, "test": 200}
+_SPLIT_IDS = {"train": 0, "val": 1, "test": 2}  # part of each image's seed
 SEED = 20240
-VERSION = 1  # bump when the generator changes, so old caches are not used
+VERSION = 2  # bump when the generator changes, so old caches are not used (2: the test split; train, val unchanged)
 _SIZE_RANGE = (24.0, 120.0)
 _ASPECT_RANGE = (0.6, 1.7)
 _MAX_OBJECTS = 5
