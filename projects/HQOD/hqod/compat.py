@@ -18,6 +18,9 @@ the installed Detectron2 does not need it:
 6. v0.6's Pascal VOC loader calls ``np.loadtxt(..., dtype=np.str)``, an alias numpy 1.24 removed: ``np.str`` is
    restored as the builtin ``str`` it always was (only when missing). The VOC evaluator's ``np.bool`` needs no
    measure: numpy >= 2 defines ``np.bool`` again.
+7. v0.6's ``FCOS.label_anchors`` crashes on a training image without boxes and hands its ``losses`` the matched
+   boxes as ``Boxes``; current Detectron2 labels such images and hands over Tensors. ``hqod.modeling.fcos`` labels
+   images without boxes itself, and ``FCOS_MATCHED_BOXES_ARE_BOXES`` tells it which kind its ``losses`` read.
 """
 import importlib.util
 import sys
@@ -95,3 +98,12 @@ DEFAULT_TRAINER_SAVES_OPTIMIZER = _default_trainer_saves_optimizer()
 
 if "str" not in np.__dict__:
     np.str = str
+
+
+def _fcos_matched_boxes_are_boxes() -> bool:
+    from detectron2.modeling.meta_arch.fcos import FCOS
+
+    return "match_anchors" in FCOS.__dict__  # v0.6's public matcher; current Detectron2 has _match_anchors
+
+
+FCOS_MATCHED_BOXES_ARE_BOXES = _fcos_matched_boxes_are_boxes()
