@@ -3,6 +3,7 @@ them all in turn (a few iterations each, QAT ones after calibration), and the us
 import json
 import math
 import os
+import pathlib
 import re
 import shutil
 
@@ -13,13 +14,13 @@ from detectron2.layers import NaiveSyncBatchNorm
 from detectron2.utils import comm
 from torch import nn
 
-from conftest import ROOT
 from hqod.engine import HQODTrainer, launch, setup_cfg
 from hqod.engine.hooks import unwrap
 from hqod.modeling.detectors import DENSE_DETECTORS
-from test_train_net import run_train_net
 
 pytestmark = pytest.mark.slow
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 CONFIGS = sorted([*(ROOT / "configs").glob("hqod_*.yaml"), *(ROOT / "configs").glob("Base-*.yaml"),
                   *(ROOT / "configs" / "COCO").rglob("*.yaml")])
@@ -103,7 +104,7 @@ def test_config_trains_on_two_cpu_workers(trained, path):
     assert (record["naive_sync_bn"] > 0) == record["uses_sync_bn"]
 
 
-def test_users_command_runs_syncbn_on_cpu(tiny_shapes_val, tmp_path):
+def test_users_command_runs_syncbn_on_cpu(run_train_net, tiny_shapes_val, tmp_path):
     """The command that stopped with 'SyncBatchNorm layers only work with GPU modules', with a tiny evaluation."""
     result = run_train_net("--config-file", "configs/hqod_retinanet_4bit.yaml", "--num-gpus", "2", *SCALED_DOWN,
                            "DATASETS.COCO_FORMAT", f"('{tiny_shapes_val}',)", "DATASETS.TEST", "('tiny_shapes_val',)",
