@@ -3,7 +3,7 @@ PY := .venv/bin/python
 STAMP := .venv/.hqod-setup-done
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: setup test test-d2main test-slow quickstart quickstart-qat bench bench-quick clean-cache
+.PHONY: setup test test-d2main test-slow quickstart quickstart-qat bench bench-quick bench-ablation clean-cache
 
 setup: $(STAMP)
 
@@ -57,11 +57,16 @@ quickstart-qat: setup
 	$(PY) train_net.py --config-file $(QUICKSTART_QAT)
 	$(PY) tools/compare_runs.py $(QUICKSTART_OUT) output/shapes/retinanet_MNV2_lsq_hqod_w4a4
 
-# Does HQOD help? FP vs LSQ vs LSQ + HQOD at W4A4 and W2A2 and TQT vs TQT + HQOD at W4A4, RetinaNet and FCOS,
-# deepforest and shapes, 3 seeds (about 80 minutes on 2 idle cores); results, plots and report in benchmarks/, runs
-# in output/bench/. Resumable.
+# Does HQOD help? FP vs LSQ vs LSQ + HQOD at W4A4 and W2A2 and TQT vs TQT + HQOD at W4A4, every dense detector
+# (RetinaNet, FCOS, ATSS), deepforest and shapes, 3 seeds (about 80 minutes per detector pair on 2 idle cores, so
+# about 2 hours); results, plots and report in benchmarks/, runs in output/bench/. Resumable.
 bench: setup
 	$(PY) tools/benchmark_hqod.py --mode full --tqt
+
+# MODEL.HQOD.NORMALIZER "detector" vs "num_pos" for LSQ + HQOD W4A4 on shapes, every dense detector, 3 seeds; the
+# "detector" runs are those of `bench`.
+bench-ablation: setup
+	$(PY) tools/benchmark_hqod.py --mode ablation
 
 # The reduced bench (RetinaNet on shapes, LSQ only, 2 seeds: 11 runs that `bench` reuses), about 11 minutes on 2 cores.
 bench-quick: setup

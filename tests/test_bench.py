@@ -21,7 +21,9 @@ sys.path.insert(0, str(ROOT / "tools"))
 
 from bench import plots, report, runs, store  # noqa: E402
 from bench.data import write_train_crops, write_val_subset  # noqa: E402
-from bench.plan import DATA, MODES, QAT_SETTINGS, TQT_SETTINGS, Run, baseline_of, build_plan, pairs  # noqa: E402
+from bench.plan import (DATA, MODES, NORMALIZER_SETTINGS, QAT_SETTINGS, TQT_SETTINGS, Run, baseline_of,  # noqa: E402
+                        build_plan, pairs, select)
+from hqod.modeling.detectors import DENSE_DETECTORS  # noqa: E402
 from bench.summary import groups, paired  # noqa: E402
 
 FAKE_SETS = {"shapes": {"entries": ["bench_v:/v.json:/img"], "val": "bench_v", "train": None},
@@ -37,7 +39,8 @@ def test_every_qat_run_starts_from_its_calibration_of_the_fp_checkpoint():
     plan = build_plan(MODES["full"], "out", "cpu", FAKE_SETS, tqt=True)
     by_dir = {run.output_dir: (i, run) for i, run in enumerate(plan)}
     qat = [run for run in plan if run.setting in QAT_SETTINGS + TQT_SETTINGS]
-    assert len(qat) == 2 * 2 * 3 * 6  # data sets x detectors x seeds x settings
+    assert {run.detector for run in plan} == set(DENSE_DETECTORS) == {"retinanet", "fcos", "atss"}
+    assert len(qat) == 2 * 3 * 3 * 6  # data sets x detectors x seeds x settings
     for i, run in enumerate(plan):
         if run.setting not in QAT_SETTINGS + TQT_SETTINGS:
             continue
@@ -47,6 +50,7 @@ def test_every_qat_run_starts_from_its_calibration_of_the_fp_checkpoint():
         fp_index, fp = by_dir[calib.weights.rsplit("/", 1)[0]]
         assert fp.is_fp and fp_index < calib_index and (fp.dataset, fp.detector) == (run.dataset, run.detector)
         assert os.path.isfile(ROOT / run.config), run.config
+        assert os.path.isfile(ROOT / fp.config), fp.config
 
 
 def test_hqod_run_differs_from_its_baseline_only_in_config_and_output():
@@ -63,9 +67,34 @@ def test_hqod_run_differs_from_its_baseline_only_in_config_and_output():
         algorithm = setting.split("_")[0]
         assert hqod.config == base.config.replace(f"_{algorithm}_", f"_{algorithm}_hqod_")
         checked += 1
-    assert checked == 2 * 2 * 3 * 3
+    assert checked == 2 * 3 * 3 * 3
     assert pairs(QAT_SETTINGS + TQT_SETTINGS) == [("lsq_w4a4", "lsq_hqod_w4a4"), ("lsq_w2a2", "lsq_hqod_w2a2"),
                                                   ("tqt_w4a4", "tqt_hqod_w4a4")]
+
+
+def test_normaliser_ablation_changes_only_the_normaliser_from_the_same_calibrated_start():
+    plan = build_plan(MODES["ablation"], "out", "cpu", {"shapes": FAKE_SETS["shapes"]})
+    full = {run.key: run for run in build_plan(MODES["full"], "out", "cpu", FAKE_SETS)}
+    index = {(r.detector, r.setting, r.seed): r for r in plan}
+    for detector in DENSE_DETECTORS:
+        for seed in MODES["ablation"].seeds:
+            base, numpos = index[detector, "lsq_hqod_w4a4", seed], index[detector, "lsq_hqod_w4a4_numpos", seed]
+            assert full[base.key] == base  # the detector-normaliser arm is the full bench's LSQ + HQOD run
+            a, b = _opts(base), _opts(numpos)
+            assert a.pop("OUTPUT_DIR") != b.pop("OUTPUT_DIR")
+            assert b.pop("MODEL.HQOD.NORMALIZER") == "num_pos" and a == b and base.config == numpos.config
+            assert a["MODEL.WEIGHTS"].endswith(f"/shapes/{detector}/calib_lsq_w4a4/model_final.pth")
+    assert pairs(NORMALIZER_SETTINGS) == [("lsq_hqod_w4a4", "lsq_hqod_w4a4_numpos")]
+
+
+def test_a_selection_is_a_subset_of_the_mode():
+    atss = select(MODES["full"], detectors=["atss"], settings=["lsq_w4a4", "lsq_hqod_w4a4"])
+    full = {run.key: run for run in build_plan(MODES["full"], "out", "cpu", FAKE_SETS)}
+    plan = build_plan(atss, "out", "cpu", FAKE_SETS)
+    assert {r.detector for r in plan} == {"atss"} and all(full[r.key] == r for r in plan)
+    assert {r.setting for r in plan} == {"fp32", "calib_lsq_w4a4", "lsq_w4a4", "lsq_hqod_w4a4"}
+    with pytest.raises(ValueError, match="unknown detector yolo: use retinanet, fcos, atss"):
+        select(MODES["full"], detectors=["yolo"])
 
 
 def test_quick_runs_are_runs_of_the_full_bench():
@@ -125,6 +154,7 @@ def test_report_shows_means_paired_differences_and_failed_runs():
     assert "- `shapes/retinanet/lsq_hqod_w4a4/seed4`: boom" in text
     assert "![quick_ap_vs_bits.png](quick_ap_vs_bits.png)" in text
     assert plots.label("calib_tqt_hqod_w4a4") == "calibration TQT+HQOD W4A4"
+    assert plots.label("lsq_hqod_w4a4_numpos") == "LSQ+HQOD W4A4 numpos"
 
 
 def test_results_json_is_strict_and_written_whole(tmp_path):

@@ -16,6 +16,7 @@ from torch import nn
 
 from hqod.engine import HQODTrainer, launch, setup_cfg
 from hqod.engine.hooks import unwrap
+from hqod.modeling.detectors import DENSE_DETECTORS
 
 pytestmark = pytest.mark.slow
 
@@ -24,7 +25,8 @@ CONFIGS = sorted([*(ROOT / "configs").glob("hqod_*.yaml"), *(ROOT / "configs").g
                   *(ROOT / "configs" / "COCO").rglob("*.yaml")])
 MAX_ITER = 2
 SCALED_DOWN = [  # shapes data, tiny inputs, random init (the configs' weights are zoo files or the user's FP runs)
-    "MODEL.WEIGHTS", "", "MODEL.RETINANET.NUM_CLASSES", "4", "MODEL.FCOS.NUM_CLASSES", "4",
+    "MODEL.WEIGHTS", "", *[item for spec in DENSE_DETECTORS.values()
+                           for item in (f"MODEL.{spec.config_node}.NUM_CLASSES", "4")],
     "DATASETS.TRAIN", "('hqod_shapes_train',)", "DATASETS.TEST", "()", "TEST.EVAL_PERIOD", "0",
     "INPUT.MIN_SIZE_TRAIN", "(64,)", "INPUT.MAX_SIZE_TRAIN", "64", "INPUT.MIN_SIZE_TEST", "64",
     "SOLVER.IMS_PER_BATCH", "2", "SOLVER.MAX_ITER", str(MAX_ITER), "SOLVER.WARMUP_ITERS", "1",
@@ -57,8 +59,9 @@ def _train_all(configs, out_dir):
     for config in configs:
         name = _name(config).replace("/", "_")
         cfg = setup_cfg(str(config), [*SCALED_DOWN, "OUTPUT_DIR", f"{out_dir}/{name}"], validate_data=False)
+        head_norms = [cfg.MODEL[spec.config_node][spec.head_norm_key] for spec in DENSE_DETECTORS.values()]
         uses_sync_bn = "SyncBN" in (cfg.MODEL.RESNETS.NORM, cfg.MODEL.MOBILENETV2.NORM, cfg.MODEL.FPN.NORM,
-                                    cfg.MODEL.RETINANET.NORM, cfg.MODEL.FCOS.HEAD_NORM)
+                                    *head_norms)
         record = _Record()
         try:
             trainer = HQODTrainer(cfg)
@@ -87,7 +90,8 @@ def trained(tmp_path_factory):
 def test_all_entry_and_coco_configs_are_covered():
     names = {_name(p) for p in CONFIGS}
     assert {"hqod_retinanet_4bit.yaml", "hqod_fcos_2bit.yaml", "COCO/QAT/fcos_R50_tqt_hqod_w4a4.yaml",
-            "COCO/retinanet_R18_FPN_fp32.yaml"} <= names and len(names) >= 30
+            "COCO/retinanet_R18_FPN_fp32.yaml", "hqod_atss_4bit.yaml", "COCO/QAT/atss_R50_tqt_w4a4.yaml",
+            "Base-ATSS.yaml"} <= names and len(names) >= 40
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=_name)

@@ -15,6 +15,7 @@ from hqod.data import validate_dataset
 from hqod.demo import HarmonyThresholds, Predictor, assess, draw_detections, read_rgb, run_demo, write_image
 from hqod.engine import HQODTrainer, setup_cfg
 from hqod.engine.checkpoint import HQODCheckpointer
+from hqod.modeling.detectors import DENSE_DETECTORS
 from hqod.quantization import calibrate, is_calibrated
 
 QUICKSTART = "configs/quickstart_retinanet_mnv2_shapes.yaml"
@@ -112,6 +113,13 @@ def test_draws_the_model_boxes_at_input_size(run_demo_cli, checkpoints, image_pa
     diff, edges = changed(drawn, source), ring(source.shape, boxes)
     assert diff[edges].mean() > 0.5  # the box outlines are drawn where the model put its boxes
     assert diff[~ring(source.shape, boxes, width=30)].mean() < 0.05  # and little elsewhere
+
+
+@pytest.mark.parametrize("name", DENSE_DETECTORS)
+def test_the_confidence_threshold_reaches_every_dense_detector(get_config, name):
+    cfg = get_config(f"quickstart_{name}_mnv2_shapes.yaml", "MODEL.WEIGHTS", "")
+    assert Predictor(cfg, 0.01).model.test_score_thresh == 0.01
+    assert Predictor(cfg, 0.9).model.test_score_thresh == cfg.MODEL[DENSE_DETECTORS[name].config_node].SCORE_THRESH_TEST
 
 
 def test_draw_detections_outlines_the_boxes():

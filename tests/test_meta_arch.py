@@ -1,5 +1,6 @@
-"""HQODRetinaNet / HQODFCOS: HQOD loss entries, gradients to both branches, zero positives, exact base losses at
-weight 0, runtime weights, harmony logging and config errors; tiny R18 models on 128x128 random CPU images."""
+"""The HQOD meta-architectures of every dense detector in the table (HQODRetinaNet, HQODFCOS, HQODATSS): HQOD loss
+entries, gradients to both branches, zero positives, exact base losses at weight 0, runtime weights, harmony
+logging, training images without boxes, and config errors; tiny R18 models on 128x128 random CPU images."""
 import hqod  # noqa: F401  (before any detectron2 import)
 import pytest
 import torch
@@ -11,11 +12,12 @@ from detectron2.utils.events import EventStorage
 
 from hqod.config import add_hqod_config
 from hqod.errors import HQODInputError
-from hqod.modeling.hqod_mixin import _aligned_iou
+from hqod.modeling.detectors import DENSE_DETECTORS
+from hqod.modeling.hqod_mixin import HQODInputs, _aligned_iou
 from hqod.engine.validation import check_hqod_config
 
 HQOD_KEYS = ("loss_tcorr", "loss_hiou")
-ARCHS = {"HQODRetinaNet": "RetinaNet", "HQODFCOS": "FCOS"}
+ARCHS = {spec.hqod_meta_architecture: spec.meta_architecture for spec in DENSE_DETECTORS.values()}
 
 
 def tiny_cfg(meta_arch, **hqod):
@@ -31,11 +33,9 @@ def tiny_cfg(meta_arch, **hqod):
     cfg.MODEL.RESNETS.OUT_FEATURES = ["res3", "res4", "res5"]
     cfg.MODEL.FPN.IN_FEATURES = ["res3", "res4", "res5"]
     cfg.MODEL.FPN.OUT_CHANNELS = 32
-    cfg.MODEL.RETINANET.NUM_CLASSES = 3
-    cfg.MODEL.RETINANET.NUM_CONVS = 1
-    if "FCOS" in cfg.MODEL:
-        cfg.MODEL.FCOS.NUM_CLASSES = 3
-        cfg.MODEL.FCOS.NUM_CONVS = 1
+    for spec in DENSE_DETECTORS.values():
+        cfg.MODEL[spec.config_node].NUM_CLASSES = 3
+        cfg.MODEL[spec.config_node].NUM_CONVS = 1
     for key, value in hqod.items():
         cfg.MODEL.HQOD[key] = value
     return cfg
@@ -109,8 +109,8 @@ def test_quantized_model_gets_hqod_gradients():
         assert param.grad is not None and param.grad.abs().sum() > 0
 
 
-def test_zero_positives_give_zero_hqod_losses():
-    model = tiny_model("HQODRetinaNet")
+def test_zero_positives_give_zero_hqod_losses(arch):
+    model = tiny_model(arch)
     losses, _ = run_losses(model, tiny_batch(num_boxes=(0, 0)))
     assert all(losses[k] == 0 for k in HQOD_KEYS)
     assert torch.isfinite(sum(losses.values()))
@@ -132,16 +132,30 @@ def test_zero_weights_give_exactly_the_base_losses(arch):
 
 def test_weights_are_read_at_every_step():
     model = tiny_model("HQODRetinaNet")
-    anchors = [Boxes(torch.tensor([[0.0, 0.0, 32.0, 32.0], [16.0, 16.0, 64.0, 48.0]]))]
-    logits = [torch.randn(1, 2, 3)]
-    deltas = [torch.randn(1, 2, 4) * 0.1]
-    labels = [torch.tensor([1, 3])]  # one positive of class 1, one background
-    gt = [torch.tensor([[2.0, 1.0, 30.0, 34.0], [0.0, 0.0, 0.0, 0.0]])]
-    first = model.hqod_losses(anchors, logits, labels, deltas, gt, normalizer=1.0)
+    inputs = HQODInputs(pos_mask=torch.tensor([[True, False]]), gt_class_logits=torch.tensor([0.3]),
+                        pred_boxes=torch.tensor([[0.0, 0.0, 32.0, 32.0]]),
+                        gt_boxes=torch.tensor([[2.0, 1.0, 30.0, 34.0]]), normalizer=1.0)
+    first = model.hqod_losses(inputs)
     model.tcorr_weight, model.hiou_weight = 2.0, 0.0
-    second = model.hqod_losses(anchors, logits, labels, deltas, gt, normalizer=1.0)
+    second = model.hqod_losses(inputs)
     torch.testing.assert_close(second["loss_tcorr"], 2 * first["loss_tcorr"])
     assert first["loss_hiou"] > 0 and second["loss_hiou"] == 0
+
+
+@pytest.mark.parametrize("meta_arch", ["FCOS", "HQODFCOS"])
+def test_fcos_trains_on_images_without_boxes(meta_arch):
+    """Detectron2 v0.6's FCOS.label_anchors crashed here (IndexError in match_anchors)."""
+    model = tiny_model(meta_arch)
+    for num_boxes in ((2, 0), (0, 0)):
+        losses, _ = run_losses(model, tiny_batch(num_boxes=num_boxes))
+        assert all(torch.isfinite(v) for v in losses.values())
+        sum(losses.values()).backward()
+    anchors = [Boxes(torch.tensor([[0.0, 0.0, 8.0, 8.0], [8.0, 0.0, 16.0, 8.0]]))]
+    empty = Instances((16, 16), gt_boxes=Boxes(torch.zeros((0, 4))), gt_classes=torch.zeros(0, dtype=torch.long))
+    labels, boxes = model.label_anchors(anchors, [empty])
+    assert labels[0].tolist() == [3, 3]
+    matched = boxes[0].tensor if isinstance(boxes[0], Boxes) else boxes[0]
+    assert matched.shape == (2, 4) and not matched.any()
 
 
 def test_aligned_iou_matches_detectron2():
@@ -160,7 +174,8 @@ def test_bad_values_raise_in_validation(key, value):
 
 def test_hqod_keys_on_a_plain_meta_arch_raise():
     check_hqod_config(tiny_cfg("RetinaNet"))  # defaults: fine
-    with pytest.raises(HQODInputError, match="MODEL.HQOD.TCORR_WEIGHT=0.5 set but MODEL.META_ARCHITECTURE=RetinaNet"):
+    with pytest.raises(HQODInputError, match="MODEL.HQOD.TCORR_WEIGHT=0.5 set but MODEL.META_ARCHITECTURE=RetinaNet .*"
+                                             "use one of HQODRetinaNet, HQODFCOS, HQODATSS"):
         check_hqod_config(tiny_cfg("RetinaNet", TCORR_WEIGHT=0.5))
     cfg = tiny_cfg("FCOS")
     cfg.MODEL.HQOD.WEIGHT_SCHEDULE.TYPE = "linear"  # nested keys (of the schedule hooks) are checked too

@@ -1,5 +1,6 @@
 """QAT end to end through train_net.py on the built-in shapes data: FP -> calibrate -> QAT with HQOD -> evaluate,
-for RetinaNet and FCOS; checkpoint/config mismatches; kill -9 and --resume."""
+for every dense detector of the table (RetinaNet, FCOS, ATSS); checkpoint/config mismatches; kill -9 and
+--resume."""
 import json
 import os
 import signal
@@ -10,6 +11,7 @@ import time
 import pytest
 
 from hqod.engine.checkpoint import read_checkpoint
+from hqod.modeling.detectors import DENSE_DETECTORS
 
 pytestmark = pytest.mark.slow
 
@@ -17,11 +19,11 @@ SMALL = [  # a few cheap iterations at 128 px with an 8-image evaluation
     "SOLVER.IMS_PER_BATCH", "2", "SOLVER.WARMUP_ITERS", "1", "DATALOADER.NUM_WORKERS", "0",
     "INPUT.MIN_SIZE_TRAIN", "(128,)", "INPUT.MIN_SIZE_TEST", "128",
 ]
-DETECTORS = {
-    "retinanet": ("quickstart_retinanet_mnv2_shapes.yaml", "shapes/retinanet_MNV2_lsq_hqod_w4a4.yaml",
-                  ["MODEL.RETINANET.SCORE_THRESH_TEST", "0.0", "MODEL.RETINANET.TOPK_CANDIDATES_TEST", "50"]),
-    "fcos": ("quickstart_fcos_mnv2_shapes.yaml", "shapes/fcos_MNV2_lsq_hqod_w4a4.yaml",
-             ["MODEL.FCOS.SCORE_THRESH_TEST", "0.0", "MODEL.FCOS.TOPK_CANDIDATES_TEST", "50"]),
+DETECTORS = {  # name -> (FP config, LSQ + HQOD W4A4 config, test-time options)
+    name: (f"quickstart_{name}_mnv2_shapes.yaml", f"shapes/{name}_MNV2_lsq_hqod_w4a4.yaml",
+           [f"MODEL.{spec.config_node}.SCORE_THRESH_TEST", "0.0",
+            f"MODEL.{spec.config_node}.TOPK_CANDIDATES_TEST", "50"])
+    for name, spec in DENSE_DETECTORS.items()
 }
 
 
@@ -58,7 +60,7 @@ def fp_and_qat(run_train_net, detector, tiny_shapes_val, tmp_path_factory):
 
 @pytest.fixture(params=sorted(DETECTORS))
 def fp_then_qat(request, run_train_net, tiny_shapes_val, tmp_path_factory):
-    """(detector, tmp dir, QAT result, test options) for RetinaNet and FCOS."""
+    """(detector, tmp dir, QAT result, test options) for each dense detector."""
     tmp, qat = fp_and_qat(run_train_net, request.param, tiny_shapes_val, tmp_path_factory)
     return request.param, tmp, qat, DETECTORS[request.param][2]
 

@@ -38,6 +38,17 @@ def qat_cfg(get_config):
     (["MODEL.HQOD.WEIGHT_SCHEDULE.TYPE", "step"], "MODEL.HQOD.WEIGHT_SCHEDULE.TYPE is 'step'"),
     (["MODEL.META_ARCHITECTURE", "RetinaNet", "MODEL.HQOD.HIOU_WEIGHT", 2.0], "set but MODEL.META_ARCHITECTURE"),
     (["MODEL.WEIGHTS", "/no/such/model.pth"], "MODEL.WEIGHTS file '/no/such/model.pth' does not exist"),
+    (["MODEL.HQOD.NORMALIZER", "ema"], "MODEL.HQOD.NORMALIZER is 'ema'; use one of detector, num_pos"),
+    (["MODEL.META_ARCHITECTURE", "RetinaNet", "MODEL.HQOD.NORMALIZER", "num_pos"],
+     "MODEL.HQOD.NORMALIZER=num_pos set but MODEL.META_ARCHITECTURE=RetinaNet has no HQOD losses; use one of "
+     "HQODRetinaNet, HQODFCOS, HQODATSS"),
+    (["MODEL.ATSS.TOPK", 0], "MODEL.ATSS.TOPK must be an integer >= 1, got 0"),
+    (["MODEL.ATSS.NUM_CONVS", -1], "MODEL.ATSS.NUM_CONVS must be an integer >= 1"),
+    (["MODEL.ATSS.ANCHOR_SCALE", 0.0], "MODEL.ATSS.ANCHOR_SCALE must be a finite number > 0"),
+    (["MODEL.ATSS.BOX_LOSS_WEIGHT", -2.0], "MODEL.ATSS.BOX_LOSS_WEIGHT must be a finite number >= 0"),
+    (["MODEL.ATSS.NMS_THRESH_TEST", 0.0], "MODEL.ATSS.NMS_THRESH_TEST must be in"),
+    (["MODEL.ATSS.BBOX_REG_WEIGHTS", (10.0, 10.0, 5.0)], "MODEL.ATSS.BBOX_REG_WEIGHTS must be 4 finite numbers"),
+    (["MODEL.ATSS.HEAD_NORM", "LN"], "MODEL.ATSS.HEAD_NORM is 'LN'"),
 ])
 def test_each_bad_value_is_one_line(qat_cfg, opts, match):
     cfg = qat_cfg(*opts)

@@ -1,14 +1,17 @@
 #!/usr/bin/env python
 """Does HQOD help? FP vs LSQ vs LSQ + HQOD at W4A4 and W2A2 on deepforest and hqod_shapes (MobileNetV2-FPN
-RetinaNet / FCOS), every run a train_net.py subprocess; AP, harmony, paired per-seed differences, speed, plots.
+RetinaNet / FCOS / ATSS), every run a train_net.py subprocess; AP, harmony, paired per-seed differences, speed, plots.
 
     python tools/benchmark_hqod.py --mode quick   # make bench-quick: RetinaNet on shapes, 2 seeds
-    python tools/benchmark_hqod.py --mode full --tqt  # make bench: RetinaNet and FCOS on both data sets, 3 seeds,
+    python tools/benchmark_hqod.py --mode full --tqt  # make bench: every detector on both data sets, 3 seeds,
                                                       # TQT W4A4 with and without HQOD too
+    python tools/benchmark_hqod.py --mode ablation    # MODEL.HQOD.NORMALIZER detector vs num_pos, LSQ+HQOD W4A4
+    python tools/benchmark_hqod.py --mode full --detectors atss --settings lsq_w4a4 lsq_hqod_w4a4 --name atss
 
 Resumable: a run whose output folder holds the final evaluation of the same command is not run again, and the
-quick mode's runs are runs of the full mode too. Runs go to output/bench/; results_<mode>.json, results_<mode>.md
-and the PNGs go to benchmarks/. On a CUDA machine every run gets MODEL.DEVICE cuda.
+runs of a smaller selection are runs of the full mode too. Runs go to output/bench/; results_<name>.json,
+results_<name>.md and the PNGs (<name> defaults to the mode) go to benchmarks/. On a CUDA machine every run gets
+MODEL.DEVICE cuda.
 """
 import argparse
 import dataclasses
@@ -27,7 +30,7 @@ from hqod.utils.io import atomic_write_bytes
 
 from bench import plots, report, speed, store
 from bench.data import write_train_crops, write_val_subset
-from bench.plan import BATCH, CALIB_IMAGES, DATA, FP_SETTING, MODES, build_plan
+from bench.plan import BATCH, CALIB_IMAGES, DATA, FP_SETTING, MODES, build_plan, select
 from bench.runs import describe, execute, is_complete
 from bench.summary import groups, paired
 
@@ -92,7 +95,7 @@ def progress_line(record) -> str:
     return ", ".join(parts)
 
 
-def draw(runs, records, summary_groups, data_sets, mode, out_dir):
+def draw(runs, records, summary_groups, data_sets, mode, name, out_dir):
     """The hexbin figure of each data set and detector (first successful seed) and AP against bits."""
     figures, combos = [], []
     for dataset in mode.datasets:
@@ -108,21 +111,25 @@ def draw(runs, records, summary_groups, data_sets, mode, out_dir):
                        pathlib.Path(first[s].output_dir) / "inference" / val /
                        "coco_instances_results.json") for s in (FP_SETTING,) + mode.settings if s in first]
             if panels:
-                name = f"{mode.name}_hexbin_{dataset}_{detector}.png"
-                plots.hexbins(out_dir / name, panels, gt, f"{dataset} / {detector}: score vs IoU on "
+                figure = f"{name}_hexbin_{dataset}_{detector}.png"
+                plots.hexbins(out_dir / figure, panels, gt, f"{dataset} / {detector}: score vs IoU on "
                               f"{val} (true positives and misclassified)")
-                figures.append(name)
+                figures.append(figure)
             combos.append((dataset, detector, [r for r in records.values()
                                                if (r["dataset"], r["detector"]) == (dataset, detector)]))
-    name = f"{mode.name}_ap_vs_bits.png"
-    plots.ap_vs_bits(out_dir / name, summary_groups, combos)
-    return [name] + figures
+    figure = f"{name}_ap_vs_bits.png"
+    plots.ap_vs_bits(out_dir / figure, summary_groups, combos)
+    return [figure] + figures
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mode", choices=sorted(MODES), default="quick")
     parser.add_argument("--tqt", action="store_true", help="also TQT W4A4 with and without HQOD")
+    parser.add_argument("--detectors", nargs="+", help="only these of the mode's detectors (hqod's table names)")
+    parser.add_argument("--datasets", nargs="+", help="only these of the mode's data sets")
+    parser.add_argument("--settings", nargs="+", help="these QAT settings instead of the mode's, e.g. lsq_w4a4")
+    parser.add_argument("--name", help="results_<name>.json / .md and <name>_*.png (default: the mode's name)")
     parser.add_argument("--runs-dir", default="output/bench", help="train_net.py outputs (shared by the modes)")
     parser.add_argument("--out-dir", default="benchmarks", help="results JSON, markdown and PNGs")
     parser.add_argument("--run-timeout", type=float, default=1800, help="seconds before a run is killed as failed")
@@ -132,11 +139,15 @@ def main():
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # SystemExit: the running train_net.py is killed too
     os.chdir(ROOT)
     started, start = datetime.datetime.now().isoformat(timespec="seconds"), time.monotonic()
-    mode = MODES[args.mode]
+    try:
+        mode = select(MODES[args.mode], args.detectors, args.datasets, args.settings)
+    except ValueError as e:
+        parser.error(str(e))
+    name = args.name or mode.name
     device = "cuda" if torch.cuda.is_available() else "cpu"
     runs_root = pathlib.Path(args.runs_dir)
     out_dir = pathlib.Path(args.out_dir)
-    json_path = out_dir / f"results_{mode.name}.json"
+    json_path = out_dir / f"results_{name}.json"
     data_sets = {d: bench_sets(DATA[d], runs_root / "data") for d in mode.datasets}
     runs = build_plan(mode, str(runs_root), device, data_sets, tqt=args.tqt)
     if args.dry_run:
@@ -144,24 +155,24 @@ def main():
             print(shlex.join(["python", "train_net.py", "--config-file", run.config, *run.opts]))
         return
     data = {d: dataclasses.asdict(DATA[d]) for d in mode.datasets}
-    results = {"schema": 1, "mode": mode.name, "started": started, "host": host_info(device), "json": str(json_path),
-               "command": shlex.join(["python", "tools/benchmark_hqod.py", *sys.argv[1:]]),
+    results = {"schema": 1, "mode": mode.name, "name": name, "started": started, "host": host_info(device),
+               "json": str(json_path), "command": shlex.join(["python", "tools/benchmark_hqod.py", *sys.argv[1:]]),
                "plan": {"mode": dataclasses.asdict(mode), "data": data, "batch": BATCH, "calib_images": CALIB_IMAGES,
                         "tqt": args.tqt},
                "runs": earlier_records(out_dir, json_path)}
     run_all(runs, results, json_path, args.run_timeout)
-    if not args.skip_speed:
+    if not args.skip_speed and mode.speed_iters and set(speed.SPEED_SETTINGS) <= {r.setting for r in runs}:
         print("speed and memory: FP, LSQ W4A4, LSQ + HQOD W4A4 ...", flush=True)
         results["speed"] = speed.measure(runs, mode.speed_iters, 2, args.run_timeout)
     records = list(results["runs"].values())
     settings = tuple(dict.fromkeys(r.setting for r in runs if r.evaluates and not r.is_fp))
     results["summary"] = {"groups": groups(records), "paired": paired(records, settings)}
-    figures = draw(runs, results["runs"], results["summary"]["groups"], data_sets, mode, out_dir)
+    figures = draw(runs, results["runs"], results["summary"]["groups"], data_sets, mode, name, out_dir)
     results["host"]["load_after"] = [round(v, 2) for v in os.getloadavg()]
     results["wall_s"] = time.monotonic() - start
     results["runs_wall_s"] = sum(r.get("wall_s") or 0 for r in records)
     store.save(json_path, results)
-    markdown = out_dir / f"results_{mode.name}.md"
+    markdown = out_dir / f"results_{name}.md"
     atomic_write_bytes(markdown, report.render(results, figures).encode())
     print(f"wrote {json_path}, {markdown} and {len(figures)} figures in {results['wall_s'] / 60:.1f} min", flush=True)
 

@@ -1,22 +1,27 @@
 """The benchmark plan: per mode, which train_net.py runs with which ``KEY VALUE`` overrides. Per data set and
 detector: one FP run; one calibration run per quantizer and bit width (train_net.py with one iteration at LR 0,
 no evaluation: the FP checkpoint with calibrated quantizers); then every QAT setting x seed from it, so that a
-baseline and its HQOD variant start from the very same calibrated model."""
+baseline and its HQOD variant start from the very same calibrated model.
+
+Detectors are those of hqod's table (``hqod.modeling.detectors.DENSE_DETECTORS``), their configs found by name:
+``configs/quickstart_<det>_mnv2_shapes.yaml`` / ``configs/deepforest/<det>_MNV2_FPN_fp32.yaml`` (FP) and
+``configs/<data>/<det>_MNV2_<setting>.yaml`` (QAT). A setting may end in a variant (``lsq_hqod_w4a4_numpos``): the
+setting's config with the variant's overrides, compared with the setting itself."""
 from dataclasses import dataclass
+
+from hqod.modeling.detectors import DENSE_DETECTORS
 
 QAT_SETTINGS = ("lsq_w4a4", "lsq_hqod_w4a4", "lsq_w2a2", "lsq_hqod_w2a2")
 TQT_SETTINGS = ("tqt_w4a4", "tqt_hqod_w4a4")
 FP_SETTING = "fp32"
+VARIANTS = {"numpos": ("MODEL.HQOD.NORMALIZER", "num_pos")}  # variant suffix -> its KEY VALUE overrides
+NORMALIZER_SETTINGS = ("lsq_hqod_w4a4", "lsq_hqod_w4a4_numpos")  # the normaliser ablation
 
 CLIP_OPTS = ("SOLVER.CLIP_GRADIENTS.ENABLED", "True", "SOLVER.CLIP_GRADIENTS.CLIP_TYPE", "norm",
              "SOLVER.CLIP_GRADIENTS.CLIP_VALUE", "5.0")  # per-parameter norm, as the shapes RetinaNet quickstart
 
-FP_CONFIGS = {
-    ("shapes", "retinanet"): "configs/quickstart_retinanet_mnv2_shapes.yaml",
-    ("shapes", "fcos"): "configs/quickstart_fcos_mnv2_shapes.yaml",
-    ("deepforest", "retinanet"): "configs/deepforest/retinanet_MNV2_FPN_fp32.yaml",
-    ("deepforest", "fcos"): "configs/deepforest/fcos_MNV2_FPN_fp32.yaml",
-}
+FP_CONFIGS = {"shapes": "configs/quickstart_{}_mnv2_shapes.yaml",  # data set -> FP config of detector {}
+              "deepforest": "configs/deepforest/{}_MNV2_FPN_fp32.yaml"}
 
 
 BATCH = 4  # images per iteration, FP and QAT
@@ -60,8 +65,10 @@ class Mode:
 MODES = {
     "quick": Mode("quick", datasets=("shapes",), detectors=("retinanet",), seeds=(1, 2), settings=QAT_SETTINGS,
                   speed_iters=5),
-    "full": Mode("full", datasets=("shapes", "deepforest"), detectors=("retinanet", "fcos"), seeds=(1, 2, 3),
+    "full": Mode("full", datasets=("shapes", "deepforest"), detectors=tuple(DENSE_DETECTORS), seeds=(1, 2, 3),
                  settings=QAT_SETTINGS, speed_iters=10),
+    "ablation": Mode("ablation", datasets=("shapes",), detectors=tuple(DENSE_DETECTORS), seeds=(1, 2, 3),
+                     settings=NORMALIZER_SETTINGS, speed_iters=0),
 }
 
 
@@ -92,25 +99,49 @@ class Run:
         return self.setting == FP_SETTING
 
 
+def split_variant(setting: str):
+    """``(setting without its variant, variant or None)``: ``lsq_hqod_w4a4_numpos`` -> ``("lsq_hqod_w4a4",
+    "numpos")``."""
+    plain, _, last = setting.rpartition("_")
+    return (plain, last) if last in VARIANTS else (setting, None)
+
+
 def bits_of(setting: str) -> int:
     """32 for FP, else the weight/activation bits in the setting's name (``..._w4a4`` -> 4)."""
     return 32 if setting == FP_SETTING else int(setting.rsplit("_w", 1)[1][0])
 
 
 def baseline_of(setting: str) -> str:
-    """The setting without HQOD: ``lsq_hqod_w4a4`` -> ``lsq_w4a4``."""
-    return setting.replace("_hqod", "")
+    """The setting without HQOD or variant (whose calibration it starts from): ``lsq_hqod_w4a4`` -> ``lsq_w4a4``."""
+    return split_variant(setting)[0].replace("_hqod", "")
 
 
 def pairs(settings):
-    """``(baseline, with_hqod)`` setting pairs among ``settings``, e.g. ``("lsq_w4a4", "lsq_hqod_w4a4")``."""
+    """``(reference, compared)`` setting pairs among ``settings``: each baseline with its HQOD setting, e.g.
+    ``("lsq_w4a4", "lsq_hqod_w4a4")``, and each setting with its variants, e.g. ``("lsq_hqod_w4a4",
+    "lsq_hqod_w4a4_numpos")``."""
     result = []
     for setting in settings:
+        plain, variant = split_variant(setting)
+        if variant is not None:
+            if plain in settings:
+                result.append((plain, setting))
+            continue
         algo, bits = setting.split("_", 1)
         hqod = f"{algo}_hqod_{bits}"
         if "hqod" not in setting and hqod in settings:
             result.append((setting, hqod))
     return result
+
+
+def select(mode: Mode, detectors=None, datasets=None, settings=None) -> Mode:
+    """``mode`` restricted to some of its detectors and data sets, or with other QAT settings (None: the mode's)."""
+    for name, chosen, known in (("detector", detectors, DENSE_DETECTORS), ("data set", datasets, DATA)):
+        unknown = [c for c in chosen or () if c not in known]
+        if unknown:
+            raise ValueError(f"unknown {name} {', '.join(unknown)}: use {', '.join(known)}")
+    return Mode(mode.name, datasets=tuple(datasets or mode.datasets), detectors=tuple(detectors or mode.detectors),
+                seeds=mode.seeds, settings=tuple(settings or mode.settings), speed_iters=mode.speed_iters)
 
 
 def schedule_opts(iters: int, warmup_fraction: float, steps: tuple) -> list:
@@ -143,7 +174,7 @@ def build_plan(mode: Mode, root: str, device: str, data_sets: dict, tqt: bool = 
             base_dir = f"{root}/{dataset}/{detector}"
             fp_dir = f"{base_dir}/{FP_SETTING}"
             fp_lr = ["SOLVER.BASE_LR", str(spec.fp_lr)] if spec.fp_lr else []
-            runs.append(Run(dataset, detector, FP_SETTING, 0, FP_CONFIGS[dataset, detector],
+            runs.append(Run(dataset, detector, FP_SETTING, 0, FP_CONFIGS[dataset].format(detector),
                             tuple(common + schedule_opts(spec.fp_iters, 0.1, (0.75, 0.9)) + fp_lr
                                   + ["SEED", "0", "OUTPUT_DIR", fp_dir]), fp_dir, spec.fp_iters))
             calibrated = {}
@@ -159,10 +190,12 @@ def build_plan(mode: Mode, root: str, device: str, data_sets: dict, tqt: bool = 
             for seed in mode.seeds:
                 for setting in settings:
                     out = f"{base_dir}/{setting}/seed{seed}"
+                    plain, variant = split_variant(setting)
                     opts = common + schedule_opts(spec.qat_iters, 0.15, (2 / 3, 0.9)) + [
                         "MODEL.WEIGHTS", calibrated[baseline_of(setting)],
                         "MODEL.QUANT.CALIB_IMAGES", str(CALIB_IMAGES), "SEED", str(seed), "OUTPUT_DIR", out]
-                    runs.append(Run(dataset, detector, setting, seed, qat_config(dataset, detector, setting),
+                    opts += list(VARIANTS[variant]) if variant else []
+                    runs.append(Run(dataset, detector, setting, seed, qat_config(dataset, detector, plain),
                                     tuple(opts), out, spec.qat_iters))
     return runs
 

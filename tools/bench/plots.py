@@ -15,17 +15,21 @@ from detectron2.structures import Boxes  # noqa: E402
 from hqod.evaluation import classify_detections, harmony_statistics  # noqa: E402
 from hqod.utils.io import atomic_write_bytes  # noqa: E402
 
-from .plan import FP_SETTING, bits_of  # noqa: E402
+from .plan import FP_SETTING, bits_of, split_variant  # noqa: E402
 
 LABELS = {FP_SETTING: "FP32"}
 
 
 def label(setting: str) -> str:
-    """``lsq_hqod_w4a4`` -> ``LSQ+HQOD W4A4``, ``calib_lsq_w4a4`` -> ``calibration LSQ W4A4``."""
+    """``lsq_hqod_w4a4`` -> ``LSQ+HQOD W4A4``, ``calib_lsq_w4a4`` -> ``calibration LSQ W4A4``,
+    ``lsq_hqod_w4a4_numpos`` -> ``LSQ+HQOD W4A4 numpos``."""
     if setting in LABELS:
         return LABELS[setting]
     if setting.startswith("calib_"):
         return f"calibration {label(setting[len('calib_'):])}"
+    plain, variant = split_variant(setting)
+    if variant:
+        return f"{label(plain)} {variant}"
     name, bits = setting.rsplit("_", 1)
     return f"{name.upper().replace('_', '+')} {bits.upper()}"
 
@@ -87,7 +91,7 @@ def ap_vs_bits(path: pathlib.Path, groups: dict, combos, baselines=("lsq",)) -> 
                 x, m, s = map(list, zip(*valid))
                 ax.errorbar(x, m, yerr=s, marker="o", capsize=3, label=algo.upper().replace("_", "+"))
             seeds = [(bits_of(r["setting"]), r["metrics"]["bbox/AP"]) for r in records
-                     if r["status"] == "ok" and r["setting"].startswith(f"{algo}_w")]
+                     if r["status"] == "ok" and r["setting"] in (f"{algo}_w4a4", f"{algo}_w2a2")]
             ax.scatter([(0 if b == 32 else 1 if b == 4 else 2) + shift for b, _ in seeds], [a for _, a in seeds],
                        s=8, color="grey", zorder=3)
         ax.set_xticks([0, 1, 2], ["FP32", "W4A4", "W2A2"])

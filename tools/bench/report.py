@@ -65,7 +65,7 @@ def _paired_table(results) -> list:
              ", ".join(_num(d) for d in p["bbox/AP"]["per_seed"]), _pm(p["bbox/AP"]), _pm(p["bbox/AP50"]),
              _pm(p["bbox/AP75"]), _pm(p["harmony/pearson"], digits=3),
              f"{p['bbox/AP']['positive']} / {p['bbox/AP']['n']}"] for p in results["summary"]["paired"]]
-    return _table(["data set / detector", "HQOD − baseline", "ΔAP per seed", "ΔAP", "ΔAP50", "ΔAP75", "ΔPearson",
+    return _table(["data set / detector", "compared − reference", "ΔAP per seed", "ΔAP", "ΔAP50", "ΔAP75", "ΔPearson",
                    "seeds with ΔAP > 0"], rows)
 
 
@@ -117,7 +117,8 @@ def render(results, figures) -> str:
              f"{results['runs_wall_s'] / 60:.1f} min of run time in all. Results: `{results['json']}`.", "",
              "## Settings", ""] + _settings_table(results)
     lines += ["", "## AP and harmony (mean ± std over seeds; FP: one run)", ""] + _results_table(results)
-    lines += ["", "## Paired difference HQOD − baseline, same seed", ""] + _paired_table(results)
+    lines += ["", "## Paired difference, same seed (HQOD − baseline; a variant − its setting)", ""]
+    lines += _paired_table(results)
     lines += ["", "## Time and memory per run", ""] + _timing_table(results)
     lines += ["", "## Speed", ""] + _speed_lines(results.get("speed"))
     if failed:

@@ -22,6 +22,9 @@ the installed Detectron2 does not need it:
    restored as the builtin ``str`` it always was, only when numpy lacks it and the installed loader reads it
    (``VOC_LOADER_READS_NP_STR``; current Detectron2 passes ``str``). The VOC evaluator's ``np.bool`` needs no
    measure: numpy >= 2 defines ``np.bool`` again.
+7. v0.6's ``FCOS.label_anchors`` crashes on a training image without boxes and hands its ``losses`` the matched
+   boxes as ``Boxes``; current Detectron2 labels such images and hands over Tensors. ``hqod.modeling.fcos`` labels
+   images without boxes itself, and ``FCOS_MATCHED_BOXES_ARE_BOXES`` tells it which kind its ``losses`` read.
 
 Measures 3 and 6 look at the bytecode of the Detectron2 function concerned, so they need no source files and
 no version string (current Detectron2 still calls itself 0.6).
@@ -125,3 +128,12 @@ def _voc_loader_reads_np_str() -> bool:
 VOC_LOADER_READS_NP_STR = _voc_loader_reads_np_str()
 if VOC_LOADER_READS_NP_STR and "str" not in np.__dict__:
     np.str = str
+
+
+def _fcos_matched_boxes_are_boxes() -> bool:
+    from detectron2.modeling.meta_arch.fcos import FCOS
+
+    return "match_anchors" in FCOS.__dict__  # v0.6's public matcher; current Detectron2 has _match_anchors
+
+
+FCOS_MATCHED_BOXES_ARE_BOXES = _fcos_matched_boxes_are_boxes()

@@ -1,12 +1,15 @@
 """All config keys this project adds to Detectron2's defaults, each with a comment. Call ``add_hqod_config(cfg)``."""
 from detectron2.config import CfgNode as CN
 
+from .modeling.detectors import DENSE_DETECTORS
+
 
 def add_hqod_config(cfg):
-    """Add the HQOD project's keys (data, backbone, FCOS, quantization, HQOD losses, schedules) to ``cfg``."""
+    """Add the HQOD project's keys (data, backbone, FCOS, ATSS, quantization, HQOD losses, schedules) to ``cfg``."""
     _add_data_config(cfg)
     _add_backbone_config(cfg)
     _add_fcos_config(cfg)
+    _add_atss_config(cfg)
     _add_quant_config(cfg)
     _add_hqod_loss_config(cfg)
     _add_schedule_config(cfg)
@@ -66,6 +69,37 @@ def _add_fcos_config(cfg):
     cfg.MODEL.FCOS.NMS_THRESH_TEST = 0.6
 
 
+def _add_atss_config(cfg):
+    # --- ATSS (hqod.modeling.atss); defaults = the ATSS paper's recipe as in its reference implementation ---
+    cfg.MODEL.ATSS = CN()
+    # Number of foreground classes.
+    cfg.MODEL.ATSS.NUM_CLASSES = 80
+    # Backbone (FPN) levels the head runs on, from high to low resolution.
+    cfg.MODEL.ATSS.IN_FEATURES = ["p3", "p4", "p5", "p6", "p7"]
+    # 3x3 convs (of the FPN's width) in each of the classification and box towers; at least 1.
+    cfg.MODEL.ATSS.NUM_CONVS = 4
+    # Norm after each tower conv: "GN" (32 groups), "BN" (per-level statistics), "SyncBN" or "" (none).
+    cfg.MODEL.ATSS.HEAD_NORM = "GN"
+    # Initial foreground probability of the classification logits (sets their bias).
+    cfg.MODEL.ATSS.PRIOR_PROB = 0.01
+    # One square anchor per location, its side this many times the level's stride (octave base scale); > 0.
+    cfg.MODEL.ATSS.ANCHOR_SCALE = 8.0
+    # Assignment: per ground-truth box and level, this many anchors with the closest centres are candidates; >= 1.
+    cfg.MODEL.ATSS.TOPK = 9
+    # Focal loss of the classification branch (over all anchors, divided by the number of positives).
+    cfg.MODEL.ATSS.FOCAL_LOSS_ALPHA = 0.25
+    cfg.MODEL.ATSS.FOCAL_LOSS_GAMMA = 2.0
+    # Weights (wx, wy, ww, wh) of the box-delta encoding: 10, 10, 5, 5 = the reference's stds 0.1, 0.1, 0.2, 0.2.
+    cfg.MODEL.ATSS.BBOX_REG_WEIGHTS = (10.0, 10.0, 5.0, 5.0)
+    # Weight of the GIoU box loss (per positive weighted by its centerness target, divided by their sum); >= 0.
+    cfg.MODEL.ATSS.BOX_LOSS_WEIGHT = 2.0
+    # Inference: minimum class probability, candidates kept per level before NMS, NMS IoU; a detection's score is
+    # class probability x centerness. Detections per image: TEST.DETECTIONS_PER_IMAGE.
+    cfg.MODEL.ATSS.SCORE_THRESH_TEST = 0.05
+    cfg.MODEL.ATSS.TOPK_CANDIDATES_TEST = 1000
+    cfg.MODEL.ATSS.NMS_THRESH_TEST = 0.6
+
+
 def _add_quant_config(cfg):
     # --- quantization (hqod.quantization) ---
     cfg.MODEL.QUANT = CN()
@@ -80,8 +114,10 @@ def _add_quant_config(cfg):
     cfg.MODEL.QUANT.FIRST_LAST_BITS = 8
     # fnmatch patterns of the stem conv(s); empty: the first conv run in a dry forward pass.
     cfg.MODEL.QUANT.FIRST_PATTERNS = []
-    # fnmatch patterns of the prediction convs (RetinaNet and FCOS heads); unmatched ones are ignored.
-    cfg.MODEL.QUANT.LAST_PATTERNS = ["head.cls_score", "head.bbox_pred", "head.ctrness"]
+    # fnmatch patterns of the prediction convs; default: those of every dense detector in
+    # hqod.modeling.detectors.DENSE_DETECTORS; patterns that match no conv of the model are ignored.
+    cfg.MODEL.QUANT.LAST_PATTERNS = list(dict.fromkeys(
+        conv for spec in DENSE_DETECTORS.values() for conv in spec.prediction_convs))
     # Per-output-channel weight step sizes (per-tensor when False, as in the authors' setup).
     cfg.MODEL.QUANT.PER_CHANNEL = False
     # Per-module bits, "fnmatch_pattern:weight_bits:act_bits"; later entries win; applied after the defaults.
@@ -114,6 +150,10 @@ def _add_hqod_loss_config(cfg):
     # HIoU = ALPHA * (1 - IoU) * (1 + IoU) ** GAMMA; ALPHA must be > 0. Authors' code (from HarDet): 1.5, 0.8.
     cfg.MODEL.HQOD.HIOU_ALPHA = 1.5
     cfg.MODEL.HQOD.HIOU_GAMMA = 0.8
+    # Divisor of the summed terms: "detector" (the detector's own box-loss normaliser: RetinaNet and FCOS an EMA of
+    # the positive count, ATSS the sum of centerness targets, as the authors' ATSS code) or "num_pos" (the exact
+    # positive count of the batch, each image counted at least once, per worker, as the authors' RetinaNet code).
+    cfg.MODEL.HQOD.NORMALIZER = "detector"
 
 
 def _add_schedule_config(cfg):

@@ -6,6 +6,7 @@ from detectron2.data import transforms as T
 from ..engine import HQODTrainer
 from ..engine.checkpoint import HQODCheckpointer
 from ..errors import HQODInputError
+from ..modeling.detectors import dense_detector_of
 from ..quantization import is_calibrated, is_quantized
 
 
@@ -50,7 +51,9 @@ class Predictor:
             raise HQODInputError(f"INPUT.FORMAT {cfg.INPUT.FORMAT!r} is not supported by the demo; use RGB or BGR")
         cfg = cfg.clone()
         cfg.defrost()
-        for head in (cfg.MODEL.RETINANET, cfg.MODEL.FCOS):
+        spec = dense_detector_of(cfg.MODEL.META_ARCHITECTURE)
+        if spec is not None:
+            head = cfg.MODEL[spec.config_node]
             head.SCORE_THRESH_TEST = min(head.SCORE_THRESH_TEST, score_thresh)
         cfg.freeze()
         self.label = model_label(cfg)

@@ -12,7 +12,8 @@ from detectron2.modeling import META_ARCH_REGISTRY
 
 from ..config import add_hqod_config
 from ..errors import HQODInputError
-from ..modeling.hqod_mixin import HQODLossMixin
+from ..modeling.detectors import hqod_meta_architectures
+from ..modeling.hqod_mixin import NORMALIZERS, HQODLossMixin
 from ..quantization import ALGORITHMS, OBSERVERS
 from ..quantization.base import check_bits
 from ..quantization.convert import parse_override
@@ -20,9 +21,11 @@ from .schedules import RAMP_TYPES, parse_bit_schedule
 
 
 def validate_config(cfg) -> None:
-    """Raise a one-line HQODInputError for the first bad value of MODEL.HQOD, MODEL.QUANT (when ENABLED), their
-    schedules, or a local MODEL.WEIGHTS file that does not exist."""
+    """Raise a one-line HQODInputError for the first bad value of MODEL.HQOD, MODEL.ATSS, MODEL.QUANT (when
+    ENABLED), their schedules, or a local MODEL.WEIGHTS file that does not exist."""
     check_hqod_config(cfg)
+    if "ATSS" in cfg.MODEL:
+        check_atss_config(cfg.MODEL.ATSS)
     if "HQOD" in cfg.MODEL:
         sched = cfg.MODEL.HQOD.WEIGHT_SCHEDULE
         check_ramp("MODEL.HQOD.WEIGHT_SCHEDULE", sched.TYPE, sched.START_ITER, sched.END_ITER)
@@ -45,6 +48,8 @@ def check_hqod_config(cfg) -> None:
         return
     hqod = cfg.MODEL.HQOD
     _check_hqod_values(hqod.TCORR_WEIGHT, hqod.HIOU_WEIGHT, hqod.HIOU_ALPHA, hqod.HIOU_GAMMA)
+    if hqod.NORMALIZER not in NORMALIZERS:
+        raise HQODInputError(f"MODEL.HQOD.NORMALIZER is {hqod.NORMALIZER!r}; use one of {', '.join(NORMALIZERS)}")
     if is_hqod_arch:
         return
     defaults = get_cfg()
@@ -53,8 +58,35 @@ def check_hqod_config(cfg) -> None:
     if changed:
         raise HQODInputError(
             f"{', '.join(changed)} set but MODEL.META_ARCHITECTURE={arch} has no HQOD losses; "
-            "use HQODRetinaNet or HQODFCOS, or leave MODEL.HQOD at its defaults"
+            f"use one of {', '.join(hqod_meta_architectures())}, or leave MODEL.HQOD at its defaults"
         )
+
+
+def check_atss_config(atss) -> None:
+    """MODEL.ATSS (``atss``): counts, anchor scale, loss weights, box-delta weights, test thresholds and head norm
+    (IN_FEATURES is checked against the built backbone by the builder)."""
+    for key in ("NUM_CLASSES", "NUM_CONVS", "TOPK", "TOPK_CANDIDATES_TEST"):
+        value = atss[key]
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise HQODInputError(f"MODEL.ATSS.{key} must be an integer >= 1, got {value!r}")
+    checks = [
+        ("ANCHOR_SCALE", "a finite number > 0", lambda v: v > 0),
+        ("BOX_LOSS_WEIGHT", "a finite number >= 0", lambda v: v >= 0),
+        ("FOCAL_LOSS_ALPHA", "in [0, 1]", lambda v: 0 <= v <= 1),
+        ("FOCAL_LOSS_GAMMA", "a finite number >= 0", lambda v: v >= 0),
+        ("PRIOR_PROB", "in (0, 1)", lambda v: 0 < v < 1),
+        ("SCORE_THRESH_TEST", "in [0, 1)", lambda v: 0 <= v < 1),
+        ("NMS_THRESH_TEST", "in (0, 1]", lambda v: 0 < v <= 1),
+    ]
+    for key, expected, ok in checks:
+        value = atss[key]
+        if not isinstance(value, (int, float)) or not math.isfinite(value) or not ok(value):
+            raise HQODInputError(f"MODEL.ATSS.{key} must be {expected}, got {value!r}")
+    weights = atss.BBOX_REG_WEIGHTS
+    if len(weights) != 4 or not all(isinstance(w, (int, float)) and math.isfinite(w) and w > 0 for w in weights):
+        raise HQODInputError(f"MODEL.ATSS.BBOX_REG_WEIGHTS must be 4 finite numbers > 0, got {weights!r}")
+    if atss.HEAD_NORM not in ("GN", "BN", "SyncBN", ""):
+        raise HQODInputError(f"MODEL.ATSS.HEAD_NORM is {atss.HEAD_NORM!r}; use \"GN\", \"BN\", \"SyncBN\" or \"\"")
 
 
 def check_quant_config(qcfg) -> None:

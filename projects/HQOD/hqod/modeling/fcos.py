@@ -1,17 +1,21 @@
 """``FCOS`` buildable from yacs (``MODEL.META_ARCHITECTURE: "FCOS"`` + ``MODEL.FCOS.*``), as RetinaNet is.
 
-Detectron2 ships FCOS for LazyConfig only; this subclass adds a ``from_config`` and changes nothing else
-(anchor points, matching, losses and inference are Detectron2's own).
+Detectron2 ships FCOS for LazyConfig only; this subclass adds a ``from_config`` and labels training images without
+boxes itself (all points background), on which Detectron2 v0.6's ``label_anchors`` crashes; anchor points, matching,
+losses and inference are Detectron2's own.
 """
 import math
 
+import torch
 from torch import nn
 
 from detectron2.config import configurable
 from detectron2.modeling import META_ARCH_REGISTRY, build_backbone
 from detectron2.modeling.meta_arch.fcos import FCOS as Detectron2FCOS
 from detectron2.modeling.meta_arch.fcos import FCOSHead
+from detectron2.structures import Boxes
 
+from ..compat import FCOS_MATCHED_BOXES_ARE_BOXES
 from ..errors import HQODInputError
 
 
@@ -27,6 +31,23 @@ class FCOS(Detectron2FCOS):
     @configurable
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
+
+    @torch.no_grad()
+    def label_anchors(self, anchors, gt_instances):
+        """Detectron2's labels and matched boxes per image; for an image without boxes every point is background
+        (its matched boxes are zeros, of the kind the installed Detectron2's ``losses`` read)."""
+        labels, matched = [], []
+        for inst in gt_instances:
+            if len(inst) > 0:
+                (labels_i,), (matched_i,) = super().label_anchors(anchors, [inst])
+            else:
+                num_points = sum(len(a) for a in anchors)
+                labels_i = torch.full((num_points,), self.num_classes, dtype=torch.long, device=self.device)
+                matched_i = torch.zeros((num_points, 4), device=self.device)
+                matched_i = Boxes(matched_i) if FCOS_MATCHED_BOXES_ARE_BOXES else matched_i
+            labels.append(labels_i)
+            matched.append(matched_i)
+        return labels, matched
 
     @classmethod
     def from_config(cls, cfg):
