@@ -42,9 +42,9 @@ def summary(record, output_dir) -> str:
     quant = record["quantization"]
     if quant:
         types = sorted({f"{q['role']} {q['bits']}-bit in {q['onnx_type']}" for q in quant["quantizers"]})
-        floats = ", ".join(f"{op} {n}" for op, n in quant["float_tensor_producers"].items())
-        lines.append(f"{len(quant['quantizers'])} quantizers ({'; '.join(types)}); tensors between quantized ops "
-                     f"that stay float: {len(quant['float_tensors'])} ({floats})")
+        floats = ", ".join(f"{op} {n}" for op, n in quant["float_ops"].items())
+        lines.append(f"{len(quant['quantizers'])} quantizers ({'; '.join(types)}); {len(quant['float_tensors'])} "
+                     f"tensors between quantized ops stay float, read by {floats}")
     if "agreement" not in record:
         lines.append("no test image on this machine (DATASETS.TEST): agreement with PyTorch not checked")
     else:

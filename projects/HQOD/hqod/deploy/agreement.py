@@ -20,6 +20,8 @@ def output_steps(model, records) -> dict:
     steps = {}
     for output in graph.output:
         conv = producers.get(output.name)
+        if conv is not None and conv.op_type == "Add":  # a float bias after the conv (qdq.float_bias_add)
+            conv = producers.get(conv.input[0])
         if conv is None or conv.op_type != "Conv":
             continue
         found = [by_scale.get(producers[name].input[1]) if name in producers and

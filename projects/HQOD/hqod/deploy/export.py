@@ -141,7 +141,7 @@ def _quant_record(cfg, records, floats, float_biases) -> dict:
                     "at scale input_scale*weight_scale",
         "quantizers": quantizers,
         "float_biases": float_biases,
-        "float_tensor_producers": float_op_counts(floats),
+        "float_ops": float_op_counts(floats),
         "float_tensors": floats,
     }
 

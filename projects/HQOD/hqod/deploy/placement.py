@@ -48,5 +48,6 @@ def float_tensors(model):
 
 
 def float_op_counts(entries) -> dict:
-    """How many of the float tensors each op type produces, e.g. {"Add": 10, "Relu": 12}."""
-    return dict(Counter(entry["producer"].split(" ", 1)[0] for entry in entries).most_common())
+    """How many ops of each type read those float tensors, e.g. {"Add": 12, "Resize": 2} (distinct nodes)."""
+    readers = {reader for entry in entries for reader in entry["float_consumers"]}
+    return dict(Counter(reader.split(" ", 1)[0] for reader in readers).most_common())

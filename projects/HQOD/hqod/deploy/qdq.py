@@ -1,8 +1,12 @@
 """Lowering of the ``hqod::FakeQuant`` markers of a traced graph to standard ONNX quantization nodes.
 
 Activations: ``[Clip] -> QuantizeLinear -> DequantizeLinear``; weights: their integers as an initializer of the carrier
-type -> ``DequantizeLinear``; the bias of a conv whose input and weight are quantized: int32 at scale s_in·s_w ->
-``DequantizeLinear`` (the form onnxruntime's QDQ fusion needs to run the conv as an integer kernel).
+type -> ``DequantizeLinear``; the bias of a conv with 8-bit input and weight: int32 at scale s_in·s_w ->
+``DequantizeLinear``, the form onnxruntime's QDQ fusion needs to run the conv as an integer kernel (rounding it moves
+the conv's output by at most s_in·s_w / 2, a small fraction of an 8-bit step). Below 8 bits no integer kernel runs
+and the bias stays float, in an Add after the conv: at 4 bits s_in·s_w is coarse enough that rounding the bias would
+flip later quantizers, and onnxruntime rounds any float bias of a conv between DequantizeLinear nodes to int32
+itself (its WeightBiasQuantization transformer).
 
 Carriers. Weights (stored integers, DequantizeLinear only): 8 bits and 5-7 bits as INT8, 4 and 3 bits as INT4 (opset
 21), 2 bits as INT2 (opset 25); the stored integers are already within [qmin, qmax]. Activations: always INT8 / UINT8,
@@ -73,7 +77,7 @@ class _Lowering:
         self.initializers = {init.name: init for init in self.graph.initializer}
         self.dequantized = {}  # DequantizeLinear output name -> QuantSpec
         self.used = set()  # indices of records that appear in the graph
-        self.float_biases = []  # convs whose bias does not fit int32 at scale s_in·s_w
+        self.float_biases = []  # convs with quantized input and weight whose bias stays float (a separate Add)
 
     def add_initializer(self, tensor):
         if tensor.name not in self.initializers:
@@ -148,8 +152,9 @@ class _Lowering:
             return numpy_helper.to_array(node.attribute[0].t)
         return None
 
-    def quantize_biases(self):
-        """Replace the float bias of every conv with quantized input and weight by int32 at scale s_in·s_w."""
+    def place_biases(self):
+        """The bias of every conv with quantized input and weight: int32 at scale s_in·s_w behind a
+        DequantizeLinear with 8-bit input and weight, else moved out of the conv into a float Add."""
         for node in list(self.graph.node):
             if node.op_type != "Conv" or len(node.input) < 3 or not node.input[2]:
                 continue
@@ -158,34 +163,48 @@ class _Lowering:
                 continue
             bias = self.constant(node.input[2])
             if bias is None:
-                raise HQODInputError(f"the bias of {node.name} is not a constant after export; cannot quantize it")
-            bias = bias.astype(np.float64)
-            scale = (spec_in.scale.double().numpy() * spec_w.scale.double().numpy()).astype(np.float32)
-            scale = np.broadcast_to(scale, bias.shape).copy()
-            integers = np.round(bias / scale.astype(np.float64))
-            if np.abs(integers).max(initial=0) > INT32_RANGE[1]:
-                self.float_biases.append(node.name)  # a tiny s_in·s_w: int32 cannot hold it, the bias stays float
-                continue
-            prefix = f"{node.name}.bias"
-            values = self.add_initializer(integer_tensor(f"{prefix}.quantized", integers, TensorProto.INT32))
-            scale_name = self.add_initializer(_float_tensor(f"{prefix}.scale", scale))
-            zero = self.add_initializer(integer_tensor(f"{prefix}.zero_point", np.zeros(bias.shape), TensorProto.INT32))
-            output = f"{prefix}.dequantized"
-            self.graph.node.append(helper.make_node("DequantizeLinear", [values, scale_name, zero], [output],
-                                                    name=f"{node.name}/bias/DequantizeLinear", axis=0))
-            node.input[2] = output
+                raise HQODInputError(f"the bias of {node.name} is not a constant after export; cannot place it")
+            if spec_in.bits != 8 or spec_w.bits != 8 or not self.quantize_bias(node, bias, spec_in, spec_w):
+                self.float_bias_add(node, bias)
+
+    def quantize_bias(self, node, bias, spec_in, spec_w) -> bool:
+        """int32 bias at scale s_in·s_w for ``node``; False when int32 cannot hold it (a tiny s_in·s_w)."""
+        scale = (spec_in.scale.double().numpy() * spec_w.scale.double().numpy()).astype(np.float32)
+        scale = np.broadcast_to(scale, bias.shape).copy()
+        integers = np.round(bias.astype(np.float64) / scale.astype(np.float64))
+        if np.abs(integers).max(initial=0) > INT32_RANGE[1]:
+            return False
+        prefix = f"{node.name}.bias"
+        values = self.add_initializer(integer_tensor(f"{prefix}.quantized", integers, TensorProto.INT32))
+        scale_name = self.add_initializer(_float_tensor(f"{prefix}.scale", scale))
+        zero = self.add_initializer(integer_tensor(f"{prefix}.zero_point", np.zeros(bias.shape), TensorProto.INT32))
+        output = f"{prefix}.dequantized"
+        self.graph.node.append(helper.make_node("DequantizeLinear", [values, scale_name, zero], [output],
+                                                name=f"{node.name}/bias/DequantizeLinear", axis=0))
+        node.input[2] = output
+        return True
+
+    def float_bias_add(self, node, bias):
+        """Conv without bias, then Add of the float bias: onnxruntime's WeightBiasQuantization would otherwise round
+        the bias of a conv with dequantized input and weight to int32 at s_in·s_w, which at 4 bits is coarse."""
+        self.float_biases.append(node.name)
+        shaped = self.add_initializer(_float_tensor(f"{node.name}.bias", bias.reshape(1, -1, 1, 1)))
+        summed = node.output[0]
+        node.output[0] = f"{summed}.without_bias"
+        del node.input[2]
+        self.graph.node.append(helper.make_node("Add", [node.output[0], shaped], [summed], name=f"{node.name}/bias"))
 
 
 def lower_markers(model: onnx.ModelProto, records) -> list:
     """Lower every marker of ``model`` in place (see the module docstring), quantize conv biases, drop what became
     unused and the marker domain, and sort the nodes topologically. ``records``: the markers' MarkedQuantizer list.
-    Returns the conv nodes whose bias stays float because int32 cannot hold it at scale s_in·s_w."""
+    Returns the conv nodes with quantized input and weight whose bias stays float (in an Add after the conv)."""
     lowering = _Lowering(model, records)
     lowering.lower()
     missing = [records[i].spec.name for i in range(len(records)) if i not in lowering.used]
     if missing:
         raise HQODInputError(f"{len(missing)} quantizers never ran in the exported forward pass (e.g. {missing[0]})")
-    lowering.quantize_biases()
+    lowering.place_biases()
     prune_unused(model)
     sort_topologically(model)
     kept = [opset for opset in model.opset_import if opset.domain != MARKER_DOMAIN]
