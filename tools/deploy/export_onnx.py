@@ -23,9 +23,9 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config-file", required=True, metavar="FILE", help="the config the weights were trained with")
     parser.add_argument("--output", required=True, metavar="DIR", help="folder for model.onnx and export.json")
-    parser.add_argument("--height", type=int, help="input height (default: INPUT.MIN_SIZE_TEST rounded up to the "
-                        "backbone's size divisibility)")
-    parser.add_argument("--width", type=int, help="input width (default: INPUT.MAX_SIZE_TEST rounded up)")
+    parser.add_argument("--height", type=int, help="input height (default: the padded test-time size of a square "
+                        "image, min(INPUT.MIN_SIZE_TEST, INPUT.MAX_SIZE_TEST) rounded up to the size divisibility)")
+    parser.add_argument("--width", type=int, help="input width (default: as the height)")
     parser.add_argument("--opts", nargs=argparse.REMAINDER, default=[],
                         help="KEY VALUE config overrides, e.g. MODEL.WEIGHTS output/.../model_final.pth")
     return parser.parse_args(argv)

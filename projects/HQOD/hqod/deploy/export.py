@@ -34,9 +34,13 @@ TRACE_OPSET = 17  # the TorchScript exporter's well-trodden opset; converted aft
 
 
 def default_input_size(cfg, size_divisibility: int):
-    """(height, width) for a landscape image at test-time size: MIN_SIZE_TEST x MAX_SIZE_TEST, each rounded up to
-    the backbone's size divisibility (images that the test-time resize makes larger are shrunk to fit)."""
-    return tuple(_round_up(int(size), size_divisibility) for size in (cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST))
+    """(height, width) of a square image at test time, padded as Detectron2 pads it: min(MIN_SIZE_TEST,
+    MAX_SIZE_TEST) on both sides, rounded up to the backbone's size divisibility. Padding beyond what Detectron2 adds
+    changes the outputs near the image's bottom and right (the network's biases make the padding non-zero inside),
+    so the default fits square data sets exactly; other aspect ratios want --height/--width (larger images are
+    shrunk to fit, smaller ones padded)."""
+    side = _round_up(int(min(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)), size_divisibility)
+    return side, side
 
 
 def _round_up(value: int, divisor: int) -> int:
@@ -79,7 +83,7 @@ def export_onnx(cfg, model, output_dir, height: int, width: int, sample=None) ->
         shapes = [tuple(t.shape[1:]) for t in graph_module(example)]
     names = graph_module.output_names(len(shapes) // len(graph_module.in_features))
     with quantizer_markers(model) if quantized else _no_markers() as records:
-        onnx_model = _trace(graph_module, example, names)
+        onnx_model = _trace(graph_module, example, names, {MARKER_DOMAIN: 1} if quantized else {})
     opset = required_opset(records)
     onnx_model = version_converter.convert_version(onnx_model, opset)
     quant_record, steps = None, {}
@@ -107,7 +111,7 @@ def _no_markers():
     yield []
 
 
-def _trace(graph_module, example, names) -> onnx.ModelProto:
+def _trace(graph_module, example, names, custom_opsets) -> onnx.ModelProto:
     """The TorchScript-exported graph (markers for quantizers), batch size dynamic, as an in-memory ModelProto."""
     buffer = io.BytesIO()
     dynamic = {name: {0: "batch"} for name in [INPUT_NAME, *names]}
@@ -115,7 +119,7 @@ def _trace(graph_module, example, names) -> onnx.ModelProto:
         warnings.simplefilter("ignore")  # tracer warnings about Python control flow on constant shapes
         torch.onnx.export(graph_module, (example,), buffer, dynamo=False, opset_version=TRACE_OPSET,
                           input_names=[INPUT_NAME], output_names=names, dynamic_axes=dynamic,
-                          custom_opsets={MARKER_DOMAIN: 1}, do_constant_folding=True)
+                          custom_opsets=custom_opsets, do_constant_folding=True)
     return onnx.load_from_string(buffer.getvalue())
 
 
