@@ -137,7 +137,8 @@ def test_folded_bn_w8a8_runs_integer_convs(exported):
     ops = {node.op_type for node in graph(folded_dir).graph.node}
     assert "BatchNormalization" not in ops
     assert not folded["quantization"]["float_biases"]  # 8-bit convs: int32 biases, as the integer kernel needs
-    print(folded["agreement"])
+    for row in folded["agreement"]:  # 8-bit flips compound; onnxruntime stays within the model's own float noise
+        assert row["max_diff_in_tolerances"] <= 2.0 and row["fraction_over_tolerance"] <= 0.01, row
 
 
 def test_fp32_export_matches_pytorch(exported):

@@ -49,9 +49,10 @@ def summary(record, output_dir) -> str:
         lines.append("no test image on this machine (DATASETS.TEST): agreement with PyTorch not checked")
     else:
         worst = max(record["agreement"], key=lambda row: row["max_diff_in_tolerances"])
-        unit = "output steps" if quant else "float tolerances"
         lines.append(f"onnxruntime vs PyTorch on the first test image: largest difference {worst['max_abs_diff']:.3g} "
-                     f"= {worst['max_diff_in_tolerances']:.2f} {unit} ({worst['output']})")
+                     f"= {worst['max_diff_in_tolerances']:.2f} x the tolerance {worst['tolerance']:.3g} "
+                     f"({worst['output']}; output step {worst['output_step'] or 0:.3g}, rounding-noise floor "
+                     f"{worst['noise_floor']:.3g}; see export.json)")
     return "\n".join(lines)
 
 

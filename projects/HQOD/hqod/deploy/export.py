@@ -19,7 +19,7 @@ from onnx import TensorProto, version_converter
 from ..errors import HQODInputError
 from ..quantization import is_calibrated, is_quantized, set_quant_state
 from ..utils.io import atomic_path, atomic_write_bytes
-from .agreement import compare_outputs, output_steps
+from .agreement import compare_outputs, noise_floor, output_steps
 from .dense_graph import DenseHeadGraph
 from .markers import MARKER_DOMAIN, quantizer_markers
 from .placement import float_op_counts, float_tensors
@@ -99,7 +99,7 @@ def export_onnx(cfg, model, output_dir, height: int, width: int, sample=None) ->
         with torch.no_grad():
             reference = [t.cpu().numpy() for t in graph_module(sample)]
         found = session.run(None, {INPUT_NAME: sample.cpu().numpy()})
-        record["agreement"] = compare_outputs(names, found, reference, steps)
+        record["agreement"] = compare_outputs(names, found, reference, steps, noise_floor(graph_module, sample))
     with atomic_path(os.path.join(output_dir, MODEL_FILE)) as tmp:
         onnx.save_model(onnx_model, tmp)
     atomic_write_bytes(os.path.join(output_dir, EXPORT_RECORD), (json.dumps(record, indent=1) + "\n").encode())
