@@ -1,7 +1,7 @@
 """``export_onnx``: a Detectron2 dense detector (full precision or QAT) to ``model.onnx`` + ``export.json``.
 
 The graph is backbone + FPN + head for one fixed input size (any batch size), traced with torch.onnx's TorchScript
-exporter at opset 17, converted to opset 21 (25 when a quantizer has 2 bits), every fake quantizer lowered to
+exporter at opset 17, converted to opset 21 (25 when a weight has 2 bits), every fake quantizer lowered to
 QuantizeLinear / DequantizeLinear (``qdq``). ``export.json`` records what a runtime needs around the graph: input size
 and pixel normalisation, output names and strides, bits and every quantizer's scale and zero point, and the tensors
 between quantized ops that stay float (``placement``)."""
@@ -82,7 +82,7 @@ def export_onnx(cfg, model, output_dir, height: int, width: int, sample=None) ->
     with torch.no_grad():
         shapes = [tuple(t.shape[1:]) for t in graph_module(example)]
     names = graph_module.output_names(len(shapes) // len(graph_module.in_features))
-    with quantizer_markers(model) if quantized else _no_markers() as records:
+    with quantizer_markers(model) if quantized else contextlib.nullcontext([]) as records:
         onnx_model = _trace(graph_module, example, names, {MARKER_DOMAIN: 1} if quantized else {})
     opset = required_opset(records)
     onnx_model = version_converter.convert_version(onnx_model, opset)
@@ -104,11 +104,6 @@ def export_onnx(cfg, model, output_dir, height: int, width: int, sample=None) ->
         onnx.save_model(onnx_model, tmp)
     atomic_write_bytes(os.path.join(output_dir, EXPORT_RECORD), (json.dumps(record, indent=1) + "\n").encode())
     return record
-
-
-@contextlib.contextmanager
-def _no_markers():
-    yield []
 
 
 def _trace(graph_module, example, names, custom_opsets) -> onnx.ModelProto:

@@ -1,6 +1,7 @@
 """What onnxruntime runs as integer kernels: the node types of its optimised graph (after QDQ fusion)."""
 import collections
 import os
+import re
 import tempfile
 
 import onnx
@@ -23,6 +24,11 @@ def integer_nodes(model_path) -> dict:
     counts = collections.Counter(node.op_type for node in graph.node)
     return {
         "op_counts": dict(counts.most_common()),
-        "integer": [node.name for node in graph.node if node.op_type in INTEGER_OPS],
-        "float_convs": [node.name for node in graph.node if node.op_type in ("Conv", "FusedConv")],
+        "integer": [_source_name(node.name) for node in graph.node if node.op_type in INTEGER_OPS],
+        "float_convs": [_source_name(node.name) for node in graph.node if node.op_type in ("Conv", "FusedConv")],
     }
+
+
+def _source_name(name: str) -> str:
+    """The exported node's name behind an optimised node's (onnxruntime appends ``_token_N`` to fused nodes)."""
+    return re.sub(r"_token_\d+$", "", name)
