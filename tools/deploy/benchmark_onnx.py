@@ -40,7 +40,8 @@ def measure(models, threads: int, runs: int, warmup: int) -> list:
         path = os.path.join(model_dir, record["model_file"])
         shape = [1, *record["input"]["shape"][1:]]
         nodes = integer_nodes(path)
-        entries.append({"model": model_dir, "input": shape[2:], "size_mb": os.path.getsize(path) / 2 ** 20,
+        entries.append({"model": model_dir, "detector": record["meta_architecture"], "input": shape[2:],
+                        "size_mb": os.path.getsize(path) / 2 ** 20,
                         "quantized": record["quantization"] is not None, "integer_nodes": len(nodes["integer"]),
                         "float_convs": len(nodes["float_convs"]), "op_counts": nodes["op_counts"],
                         "session": create_session(path, threads), "name": record["input"]["name"],
@@ -59,12 +60,12 @@ def measure(models, threads: int, runs: int, warmup: int) -> list:
 
 
 def table(entries) -> str:
-    """Markdown table; speed-up relative to the first model with the same input size."""
+    """Markdown table; speed-up relative to the first model of the same detector and input size."""
     first = {}
     lines = ["| model | input | size (MB) | integer nodes | float convs | median ms | min–max ms | speed-up |",
              "|---|---|---|---|---|---|---|---|"]
     for e in entries:
-        base = first.setdefault(tuple(e["input"]), e["median_ms"])
+        base = first.setdefault((e["detector"], *e["input"]), e["median_ms"])
         lines.append(f"| {e['model']} | {e['input'][0]}×{e['input'][1]} | {e['size_mb']:.2f} | {e['integer_nodes']} | "
                      f"{e['float_convs']} | {e['median_ms']:.1f} | {e['min_ms']:.1f}–{e['max_ms']:.1f} | "
                      f"{base / e['median_ms']:.2f}× |")
