@@ -9,4 +9,6 @@ setup(
     packages=find_packages("projects/HQOD"),
     python_requires=">=3.9",
     install_requires=["torch", "torchvision", "fvcore", "pycocotools", "numpy", "opencv-python-headless"],
+    # hqod.deploy and tools/deploy (ONNX export, onnxruntime evaluation): pip install -e .[deploy]
+    extras_require={"deploy": ["onnx>=1.20", "onnxruntime>=1.20"]},
 )

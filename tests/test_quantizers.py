@@ -259,3 +259,39 @@ def test_bad_observer_and_alpha():
         build_observer("PERCENTILE")
     with pytest.raises(HQODInputError, match="alpha"):
         DSQQuantizer(4, True, alpha=0.7)
+
+
+@pytest.mark.parametrize("make", [lambda **kw: LSQQuantizer(4, False, **kw), lambda **kw: TQTQuantizer(4, False, **kw),
+                                  lambda **kw: DSQQuantizer(4, False, **kw)])
+def test_spec_declares_the_step_the_forward_pass_uses(make):
+    quantizer = make(channels=3, role="weight")
+    with torch.no_grad():
+        quantizer._set_step(torch.tensor([0.3, 0.1, 0.7]), 0, 15)  # TQT rounds these up to powers of two
+    quantizer.initialized.fill_(True)
+    spec = quantizer.spec()
+    assert (spec.role, spec.bits, spec.signed, spec.axis, spec.qmin, spec.qmax) == ("weight", 4, False, 0, 0, 15)
+    x = torch.rand(3, 5) * 4
+    expected = torch.round(x / spec.scale[:, None]).clamp(0, 15) * spec.scale[:, None]
+    assert torch.allclose(quantizer(x), expected) and spec.zero_point.tolist() == [0, 0, 0]
+
+
+def test_spec_needs_an_initialised_quantizer_and_a_known_role():
+    with pytest.raises(HQODInputError, match="calibrate"):
+        LSQQuantizer(4, True).spec()
+    with pytest.raises(HQODInputError, match="role"):
+        LSQQuantizer(4, True, role="output")
+    quantizer = LSQQuantizer(8, True)
+    quantizer.initialized.fill_(True)
+    assert (quantizer.spec().role, quantizer.spec().axis, quantizer.spec().scale.shape) == ("input", None, (1,))
+
+
+def test_quantizer_keys_follow_the_declared_attributes():
+    from hqod.engine.checkpoint import is_qat_state
+    from hqod.quantization import QUANTIZER_ATTRIBUTES, is_quantizer_key
+
+    assert QUANTIZER_ATTRIBUTES == {"weight": "weight_quant", "input": "input_quant"}
+    assert is_quantizer_key("backbone.bottom_up.stem.input_quant.scale")
+    assert is_quantizer_key("head.cls_subnet.0.input_quant.2.initialized")
+    assert is_quantizer_key("head.cls_score.weight_quant.num_bits")
+    assert not is_quantizer_key("head.cls_score.weight") and not is_quantizer_key("my_input_quantity.scale")
+    assert is_qat_state({"a.weight": 0, "a.weight_quant.scale": 0}) and not is_qat_state({"a.weight": 0})

@@ -7,7 +7,7 @@ from ..engine import HQODTrainer
 from ..engine.checkpoint import HQODCheckpointer
 from ..errors import HQODInputError
 from ..modeling.detectors import dense_detector_of
-from ..quantization import is_calibrated, is_quantized
+from ..quantization import is_calibrated, is_quantized, is_quantizer_key
 
 
 def model_label(cfg) -> str:
@@ -33,7 +33,7 @@ class _DemoCheckpointer(HQODCheckpointer):
 
     def _load_model(self, checkpoint):
         incompatible = super()._load_model(checkpoint)
-        unset = [key for key in incompatible.missing_keys if ".weight_quant." not in key and ".input_quant." not in key]
+        unset = [key for key in incompatible.missing_keys if not is_quantizer_key(key)]
         unset += [key for key, *_ in incompatible.incorrect_shapes]
         if unset:
             raise HQODInputError(f"MODEL.WEIGHTS {self._cfg.MODEL.WEIGHTS!r} does not fit the config's model: "

@@ -8,7 +8,7 @@ from detectron2.checkpoint import DetectionCheckpointer
 from fvcore.common.checkpoint import Checkpointer
 
 from ..errors import CheckpointSaveError, HQODInputError
-from ..quantization import is_quantized
+from ..quantization import is_quantized, is_quantizer_key
 from ..utils.io import atomic_path, atomic_write_bytes
 from ..utils.safe_load import load_pickle, load_torch
 
@@ -22,8 +22,10 @@ def quant_config_record(cfg) -> dict:
 
 
 def is_qat_state(state_dict) -> bool:
-    """Whether a model state dict holds fake-quantizer state (a checkpoint of a converted model)."""
-    return any(".weight_quant." in key or ".input_quant." in key for key in state_dict)
+    """Whether a model state dict holds fake-quantizer state (a checkpoint of a converted model), by its keys: the
+    key pattern comes from the quantizer interface (``is_quantizer_key``), so QAT checkpoints written before any
+    record of it, and state dicts from other tools, are recognised alike."""
+    return any(is_quantizer_key(key) for key in state_dict)
 
 
 def check_checkpoint_fits(checkpoint: dict, cfg, source: str) -> None:

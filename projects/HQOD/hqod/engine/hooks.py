@@ -54,14 +54,13 @@ class QuantScheduler(HookBase):
         self._dsq_start = qcfg.DSQ_ALPHA
         self._bits = parse_bit_schedule(qcfg.SCHEDULE.BITS)
         self._base_bits = (qcfg.WEIGHT_BITS, qcfg.ACT_BITS)
-        self._scheduled = None  # {quantizer: "weight" | "act"}: those a bit schedule moves (not first/last/overrides)
+        self._scheduled = None  # the quantizers a bit schedule moves (not first/last/overrides)
 
     def before_train(self):
         """Collect once what the schedule touches: the model's structure does not change while training."""
         model = unwrap(self.trainer.model)
-        named = list(quantizers(model))
-        self._quantizers = [q for _, q in named]
-        self._scheduled = {q: "weight" if ".weight_quant" in name else "act" for name, q in named if q.follows_schedule}
+        self._quantizers = [q for _, q in quantizers(model)]
+        self._scheduled = [q for q in self._quantizers if q.follows_schedule]
         self._dsq = [q for q in self._quantizers if isinstance(q, DSQQuantizer)]
         self._bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
         self._quant_state = None  # (observe, fake_quant) last applied
@@ -89,8 +88,8 @@ class QuantScheduler(HookBase):
         if self._dsq:
             storage.put_scalar("quant/dsq_alpha", self._dsq[0].alpha.item(), smoothing_hint=False)
         wbits, abits = self._current_bits(it)
-        for q, kind in self._scheduled.items():
-            bits = wbits if kind == "weight" else abits
+        for q in self._scheduled:
+            bits = wbits if q.role == "weight" else abits
             if q.bits != bits:
                 q.set_bits(bits)
         storage.put_scalar("quant/weight_bits", float(wbits), smoothing_hint=False)

@@ -1,4 +1,7 @@
-"""FakeQuantizer: the base of LSQ, TQT and DSQ (integer range, calibration / QAT modes, the ``initialized`` flag)."""
+"""FakeQuantizer: the base of LSQ, TQT and DSQ (integer range, calibration / QAT modes, the ``initialized`` flag) and
+its declared interface, ``QuantSpec``: what export, checkpoints, schedules and tools read of a quantizer."""
+from typing import NamedTuple, Optional
+
 import torch
 from torch import nn
 
@@ -20,14 +23,36 @@ def quant_range(bits: int, signed: bool):
     return (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2 ** bits - 1)
 
 
+ROLES = ("weight", "input")
+
+
+class QuantSpec(NamedTuple):
+    """One quantizer as a runtime sees it: q = clamp(round(x / scale) + zero_point, qmin, qmax), x̂ = (q - zero_point)
+    · scale, with scale and zero_point per tensor (shape (1,)) or per channel along ``axis`` (shape (C,))."""
+
+    name: str  # qualified module name, e.g. "head.cls_subnet.0.input_quant.2"
+    role: str  # "weight" (of a conv) or "input" (the activation a conv reads)
+    bits: int
+    signed: bool
+    axis: Optional[int]  # per-channel axis of the quantized tensor (0: a conv weight's output channels), or None
+    scale: torch.Tensor  # float32 step sizes, as the forward pass uses them (max(|s|, eps), TQT's power of two)
+    zero_point: torch.Tensor  # int64, same shape; 0: every quantizer here is symmetric or unsigned from 0
+    qmin: int
+    qmax: int
+
+
 class FakeQuantizer(nn.Module):
     """Fake quantizer on a b-bit grid, per tensor or per output channel; ``signed=None``: signed iff a calibration
-    input was negative on any rank. Fake quantization (default mode) raises until calibrated or loaded from QAT."""
+    input was negative on any rank. Fake quantization (default mode) raises until calibrated or loaded from QAT.
+    ``role`` declares what it quantizes ("weight" or "input"); ``spec()`` gives its runtime parameters."""
 
     algorithm = ""
 
-    def __init__(self, bits: int, signed, channels=None, observer=None):
+    def __init__(self, bits: int, signed, channels=None, observer=None, role: str = "input"):
         super().__init__()
+        if role not in ROLES:
+            raise HQODInputError(f"quantizer role must be one of {ROLES}, got {role!r}")
+        self.role = role
         self.bits = check_bits(bits)
         self.channels = channels
         self.auto_signed = signed is None
@@ -101,6 +126,18 @@ class FakeQuantizer(nn.Module):
         self.initialized.fill_(True)
         return True
 
+    @property
+    def axis(self):
+        """The per-channel axis (0, a conv weight's output channels) or None for a per-tensor quantizer."""
+        return 0 if self.channels else None
+
+    def spec(self) -> QuantSpec:
+        """This quantizer's declared interface with the step sizes its forward pass uses; it must be initialised."""
+        qmin, qmax = self._checked_range()
+        scale = self.step_size.detach().float().reshape(-1).cpu().clone()
+        return QuantSpec(self.qualified_name, self.role, self.bits, bool(self.signed), self.axis, scale,
+                         torch.zeros(scale.shape, dtype=torch.int64), qmin, qmax)
+
     def _load_from_state_dict(self, *args, **kwargs):
         super()._load_from_state_dict(*args, **kwargs)
         self.bits = int(self.num_bits)
@@ -110,14 +147,15 @@ class FakeQuantizer(nn.Module):
         signed = "auto" if self.auto_signed and not bool(self.initialized) else str(bool(self.signed))
         granularity = f"per-channel({self.channels})" if self.channels else "per-tensor"
         initialized = bool(self.initialized)
-        return f"{self.algorithm}, bits={self.bits}, signed={signed}, {granularity}, initialized={initialized}"
+        return (f"{self.algorithm}, {self.role}, bits={self.bits}, signed={signed}, {granularity}, "
+                f"initialized={initialized}")
 
 
 class LearnedStepQuantizer(FakeQuantizer):
     """A fake quantizer whose state is a learned step size ``scale`` (LSQ and DSQ), used as max(|s|, eps) > 0."""
 
-    def __init__(self, bits: int, signed, channels=None, observer=None):
-        super().__init__(bits, signed, channels, observer)
+    def __init__(self, bits: int, signed, channels=None, observer=None, role: str = "input"):
+        super().__init__(bits, signed, channels, observer, role)
         self.scale = nn.Parameter(torch.ones(channels or 1))
 
     @property

@@ -52,9 +52,9 @@ def convert_to_qat(model, cfg, example_inputs=None):
             if fnmatch.fnmatchcase(name, pattern):
                 bits, pinned = (weight_bits, act_bits), True
         levels = calls.get(name, 1)
-        make_weight = partial(_quantizer, qcfg, algorithm, bits[0], True,
+        make_weight = partial(_quantizer, qcfg, algorithm, "weight", bits[0], True,
                               conv.out_channels if qcfg.PER_CHANNEL else None, qcfg.WEIGHT_OBSERVER, False)
-        make_input = partial(_quantizer, qcfg, algorithm, bits[1], True if name in first else None, None,
+        make_input = partial(_quantizer, qcfg, algorithm, "input", bits[1], True if name in first else None, None,
                              qcfg.ACT_OBSERVER, name in first)
         weight_quant = _replicate(make_weight, levels if not qcfg.SHARE_HEAD_WEIGHT_QUANTIZER else 1)
         input_quant = _replicate(make_input, levels if qcfg.PER_LEVEL_ACT_QUANTIZER else 1)
@@ -82,12 +82,12 @@ def parse_override(item):
     return pattern, int(weight_bits), int(act_bits)
 
 
-def _quantizer(qcfg, algorithm, bits, signed, channels, observer, sees_image):
+def _quantizer(qcfg, algorithm, role, bits, signed, channels, observer, sees_image):
     observer_kwargs = {"candidates": 1} if sees_image and str(observer).upper() == "POT_MODE" else {}
     kwargs = {"TQT": {"freeze": qcfg.TQT_FREEZE_SCALE},
               "DSQ": {"alpha": qcfg.DSQ_ALPHA, "learn_alpha": qcfg.DSQ_LEARN_ALPHA}}.get(algorithm, {})
     return ALGORITHMS[algorithm](bits, signed, channels, build_observer(observer, channels, **observer_kwargs),
-                                 **kwargs)
+                                 role=role, **kwargs)
 
 
 def _replicate(make, count):

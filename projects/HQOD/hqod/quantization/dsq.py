@@ -21,8 +21,9 @@ class DSQQuantizer(LearnedStepQuantizer):
 
     algorithm = "DSQ"
 
-    def __init__(self, bits: int, signed, channels=None, observer=None, alpha: float = 0.4, learn_alpha: bool = True):
-        super().__init__(bits, signed, channels, observer)
+    def __init__(self, bits: int, signed, channels=None, observer=None, role: str = "input", alpha: float = 0.4,
+                 learn_alpha: bool = True):
+        super().__init__(bits, signed, channels, observer, role)
         self.alpha = nn.Parameter(torch.tensor(_check_alpha(alpha)), requires_grad=learn_alpha)
 
     @torch.no_grad()

@@ -7,6 +7,12 @@ from torch import nn
 from ..errors import HQODInputError
 
 
+# The one definition of where a quantized conv keeps its quantizers, by role (hqod.quantization.base.ROLES): module
+# names, state-dict keys ("<conv>.input_quant.scale", "<conv>.input_quant.2.scale" per FPN level) and the checkpoint
+# guard (hqod.quantization.state.is_quantizer_key) all derive from it.
+QUANTIZER_ATTRIBUTES = {"weight": "weight_quant", "input": "input_quant"}
+
+
 def _pick(quantizer, call: int):
     return quantizer[call % len(quantizer)] if isinstance(quantizer, nn.ModuleList) else quantizer
 
@@ -16,19 +22,35 @@ class QuantConvMixin:
     the weight if ``fold_bn``). A ModuleList of quantizers is indexed by the call number (FPN level) in a forward."""
 
     def attach_quantizers(self, weight_quant: nn.Module, input_quant: nn.Module, fold_bn: bool = False):
-        self.weight_quant = weight_quant
-        self.input_quant = input_quant
+        for role, quantizers in (("weight", weight_quant), ("input", input_quant)):
+            members = quantizers if isinstance(quantizers, nn.ModuleList) else [quantizers]
+            if any(q.role != role for q in members):
+                raise HQODInputError(f"a {role} quantizer of {type(self).__name__} was built with another role")
+            setattr(self, QUANTIZER_ATTRIBUTES[role], quantizers)
         self.fold_bn = fold_bn
         self.calls = 0
 
+    def quantizer(self, role: str, call: int = 0):
+        """The ``role`` quantizer ("weight" or "input") used by call ``call`` (FPN level) of a forward pass."""
+        return _pick(getattr(self, QUANTIZER_ATTRIBUTES[role]), call)
+
+    def role_quantizers(self, role: str):
+        """Every ``role`` quantizer of this conv (one, or one per FPN level)."""
+        quantizers = getattr(self, QUANTIZER_ATTRIBUTES[role])
+        return list(quantizers) if isinstance(quantizers, nn.ModuleList) else [quantizers]
+
     def forward(self, x):
         call, self.calls = self.calls, self.calls + 1
-        weight, bias = self._folded() if self.fold_bn else (self.weight, self.bias)
-        x = self._conv_forward(_pick(self.input_quant, call)(x), _pick(self.weight_quant, call)(weight), bias)
+        weight, bias = self.effective_weight_bias()
+        x = self._conv_forward(self.quantizer("input", call)(x), self.quantizer("weight", call)(weight), bias)
         norm, activation = getattr(self, "norm", None), getattr(self, "activation", None)
         if norm is not None and not self.fold_bn:
             x = norm(x)
         return activation(x) if activation is not None else x
+
+    def effective_weight_bias(self):
+        """The float weight and bias the weight quantizer and the convolution see (BN folded in if ``fold_bn``)."""
+        return self._folded() if self.fold_bn else (self.weight, self.bias)
 
     def _folded(self):
         bn = self.norm

@@ -1,8 +1,6 @@
 """Queries and mode switches over the quantizers of a converted model."""
-from torch import nn
-
 from .base import FakeQuantizer
-from .qconv import QuantConvMixin
+from .qconv import QUANTIZER_ATTRIBUTES, QuantConvMixin
 
 
 def quantizers(model):
@@ -19,6 +17,11 @@ def set_quant_state(model, observe: bool, fake_quant: bool):
         quantizer.fake_quant_enabled = fake_quant
 
 
+def is_quantizer_key(key: str) -> bool:
+    """Whether state-dict ``key`` belongs to a quantizer of a converted model (keys only, no model needed)."""
+    return any(f".{attribute}." in f".{key}" for attribute in QUANTIZER_ATTRIBUTES.values())
+
+
 def is_quantized(model) -> bool:
     """Whether ``convert_to_qat`` was applied to ``model``."""
     return any(isinstance(module, QuantConvMixin) for module in model.modules())
@@ -32,10 +35,5 @@ def is_calibrated(model) -> bool:
 
 def quant_signature(model) -> dict:
     """``{conv name: (weight bits, input bits)}`` of a converted model, to check a checkpoint against a config."""
-    signature = {}
-    for name, module in model.named_modules():
-        if isinstance(module, QuantConvMixin):
-            weight_quant, input_quant = (q[0] if isinstance(q, nn.ModuleList) else q
-                                         for q in (module.weight_quant, module.input_quant))
-            signature[name] = (weight_quant.bits, input_quant.bits)
-    return signature
+    return {name: (module.quantizer("weight").bits, module.quantizer("input").bits)
+            for name, module in model.named_modules() if isinstance(module, QuantConvMixin)}

@@ -12,8 +12,8 @@ class TQTQuantizer(FakeQuantizer):
 
     algorithm = "TQT"
 
-    def __init__(self, bits: int, signed, channels=None, observer=None, freeze: bool = False):
-        super().__init__(bits, signed, channels, observer)
+    def __init__(self, bits: int, signed, channels=None, observer=None, role: str = "input", freeze: bool = False):
+        super().__init__(bits, signed, channels, observer, role)
         self.freeze = freeze
         self.log2_threshold = nn.Parameter(torch.zeros(channels or 1), requires_grad=not freeze)
 
