@@ -1,4 +1,4 @@
-"""Checkpoints: no code runs from any file read (train_net.py, demo.py), and faults are survived: a kill while
+"""Checkpoints: no code runs from any file read (train_net.py, demo.py, the ONNX export), and faults are survived: a kill while
 writing, a failed write, a truncated file and a diverged loss each leave the last good checkpoint usable and say so
 in one line."""
 import collections
@@ -122,6 +122,16 @@ def test_demo_refuses_a_checkpoint_that_runs_code(tmp_path, kind, run_python):
                         "--opts", "MODEL.WEIGHTS", weights)
     assert f"checkpoint {weights} refused" in error_line(result)
     assert not marker.exists() and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("kind", ["pth", "pkl"])
+def test_onnx_export_refuses_a_checkpoint_that_runs_code(tmp_path, kind, run_python):
+    marker, pth, pkl = malicious_files(tmp_path)
+    weights = pth if kind == "pth" else pkl
+    result = run_python("tools/deploy/export_onnx.py", "--config-file", QUICKSTART, "--output", tmp_path / "onnx",
+                        "--opts", "MODEL.WEIGHTS", weights)
+    assert f"checkpoint {weights} refused" in error_line(result)
+    assert not marker.exists() and not (tmp_path / "onnx" / "model.onnx").exists()
 
 
 def test_a_kill_while_writing_a_checkpoint_resumes_from_the_last_whole_one(tmp_path, run_train_net, run_python):

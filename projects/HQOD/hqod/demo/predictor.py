@@ -4,10 +4,10 @@ import torch
 from detectron2.data import transforms as T
 
 from ..engine import HQODTrainer
-from ..engine.checkpoint import HQODCheckpointer
+from ..engine.checkpoint import StrictHQODCheckpointer
 from ..errors import HQODInputError
 from ..modeling.detectors import dense_detector_of
-from ..quantization import is_calibrated, is_quantized, is_quantizer_key
+from ..quantization import is_calibrated, is_quantized
 
 
 def model_label(cfg) -> str:
@@ -28,20 +28,6 @@ def class_names(metadata, num_classes: int) -> list:
     return list(names)
 
 
-class _DemoCheckpointer(HQODCheckpointer):
-    """Also refuses weights that leave detector tensors unset or mis-shaped: the demo would draw noise."""
-
-    def _load_model(self, checkpoint):
-        incompatible = super()._load_model(checkpoint)
-        unset = [key for key in incompatible.missing_keys if not is_quantizer_key(key)]
-        unset += [key for key, *_ in incompatible.incorrect_shapes]
-        if unset:
-            raise HQODInputError(f"MODEL.WEIGHTS {self._cfg.MODEL.WEIGHTS!r} does not fit the config's model: "
-                                 f"{len(unset)} tensors missing or mis-shaped (e.g. {unset[0]}); pass a checkpoint "
-                                 "trained with this config")
-        return incompatible
-
-
 class Predictor:
     """The detector of ``cfg`` (QAT-converted with MODEL.QUANT.ENABLED, weights from MODEL.WEIGHTS) in eval mode on
     one image at a time, resized as at test time, keeping detections down to ``score_thresh`` (or the config's)."""
@@ -60,7 +46,7 @@ class Predictor:
         self.model = HQODTrainer.build_model(cfg).eval()
         weights = cfg.MODEL.WEIGHTS
         if weights:  # read without running code; a damaged file is a one-line HQODInputError
-            _DemoCheckpointer(self.model, cfg=cfg).load(weights)
+            StrictHQODCheckpointer(self.model, cfg=cfg).load(weights)
         if is_quantized(self.model) and not is_calibrated(self.model):
             raise HQODInputError(f"{self.label}: the quantizers are not initialised, MODEL.WEIGHTS {weights!r} is not "
                                  "a QAT checkpoint; pass the model_final.pth of a QAT run, or use the full-precision "

@@ -1,23 +1,9 @@
 """The detector to export: built from the validated config, converted when it is a QAT config, weights loaded through
 the project's checkpointer (safe reading, checkpoint-config checks), every detector tensor required to be set."""
 from ..engine import HQODTrainer
-from ..engine.checkpoint import HQODCheckpointer, check_weights_file
+from ..engine.checkpoint import StrictHQODCheckpointer, check_weights_file
 from ..errors import HQODInputError
-from ..quantization import is_calibrated, is_quantized, is_quantizer_key
-
-
-class _StrictCheckpointer(HQODCheckpointer):
-    """Refuses weights that leave detector tensors unset or mis-shaped: the export would hold random weights."""
-
-    def _load_model(self, checkpoint):
-        incompatible = super()._load_model(checkpoint)
-        unset = [key for key in incompatible.missing_keys if not is_quantizer_key(key)]
-        unset += [key for key, *_ in incompatible.incorrect_shapes]
-        if unset:
-            raise HQODInputError(f"MODEL.WEIGHTS {self._cfg.MODEL.WEIGHTS!r} does not fit the config's model: "
-                                 f"{len(unset)} tensors missing or mis-shaped (e.g. {unset[0]}); pass a checkpoint "
-                                 "trained with this config")
-        return incompatible
+from ..quantization import is_calibrated, is_quantized
 
 
 def load_trained_model(cfg):
@@ -29,7 +15,7 @@ def load_trained_model(cfg):
         raise HQODInputError("no weights to export: pass MODEL.WEIGHTS path/to/model_final.pth in --opts")
     check_weights_file(cfg)
     model = HQODTrainer.build_model(cfg)
-    _StrictCheckpointer(model, cfg=cfg).load(weights)
+    StrictHQODCheckpointer(model, cfg=cfg).load(weights)
     if is_quantized(model) and not is_calibrated(model):
         raise HQODInputError(f"MODEL.WEIGHTS {weights!r} has no trained quantizers (a full-precision checkpoint?): "
                              "export the model_final.pth of the QAT run, or use the full-precision config")

@@ -166,5 +166,20 @@ class HQODCheckpointer(DetectionCheckpointer, _WeightsOnlyTorchFiles):
         return super()._load_model(checkpoint)
 
 
+class StrictHQODCheckpointer(HQODCheckpointer):
+    """Also refuses weights that leave detector tensors (not quantizer state) unset or mis-shaped: for inference
+    (demo, export), where such weights would silently run random ones."""
+
+    def _load_model(self, checkpoint):
+        incompatible = super()._load_model(checkpoint)
+        unset = [key for key in incompatible.missing_keys if not is_quantizer_key(key)]
+        unset += [key for key, *_ in incompatible.incorrect_shapes]
+        if unset:
+            raise HQODInputError(f"MODEL.WEIGHTS {self._cfg.MODEL.WEIGHTS!r} does not fit the config's model: "
+                                 f"{len(unset)} tensors missing or mis-shaped (e.g. {unset[0]}); pass a checkpoint "
+                                 "trained with this config")
+        return incompatible
+
+
 def _all_finite(model) -> bool:
     return all(torch.isfinite(t).all() for t in model.state_dict().values() if t.is_floating_point())
