@@ -15,6 +15,7 @@ from detectron2.data import MetadataCatalog
 
 from hqod.config import add_hqod_config
 from hqod.data import validate_dataset
+from hqod.modeling.detectors import DENSE_DETECTORS
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -98,3 +99,33 @@ def get_config(root):
         return cfg
 
     return load
+
+
+@pytest.fixture(scope="session")
+def tiny_detector_cfg():
+    """``tiny_detector_cfg(meta_arch, **sections)``: a CPU config of ``meta_arch`` on a ResNet-18-FPN of width 32
+    with 3 classes and one conv per head tower (every dense detector), weights unset; ``sections`` such as
+    ``HQOD={"TCORR_WEIGHT": 0.5}`` set keys of ``cfg.MODEL.<section>``."""
+
+    def make(meta_arch, **sections):
+        cfg = get_cfg()
+        add_hqod_config(cfg)
+        cfg.MODEL.META_ARCHITECTURE = meta_arch
+        cfg.MODEL.DEVICE = "cpu"
+        cfg.MODEL.WEIGHTS = ""
+        cfg.MODEL.BACKBONE.NAME = "build_retinanet_resnet_fpn_backbone"
+        cfg.MODEL.RESNETS.DEPTH = 18
+        cfg.MODEL.RESNETS.RES2_OUT_CHANNELS = 64
+        cfg.MODEL.RESNETS.NORM = "BN"
+        cfg.MODEL.RESNETS.OUT_FEATURES = ["res3", "res4", "res5"]
+        cfg.MODEL.FPN.IN_FEATURES = ["res3", "res4", "res5"]
+        cfg.MODEL.FPN.OUT_CHANNELS = 32
+        for spec in DENSE_DETECTORS.values():
+            cfg.MODEL[spec.config_node].NUM_CLASSES = 3
+            cfg.MODEL[spec.config_node].NUM_CONVS = 1
+        for section, values in sections.items():
+            for key, value in values.items():
+                cfg.MODEL[section][key] = value
+        return cfg
+
+    return make

@@ -5,12 +5,10 @@ import math
 import hqod  # noqa: F401  (before any detectron2 import)
 import pytest
 import torch
-from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 
-from hqod.config import add_hqod_config
 from hqod.errors import HQODInputError
 from hqod.modeling.atss import centerness_targets
 from hqod.modeling.atss_assigner import atss_match
@@ -70,23 +68,10 @@ def test_centerness_targets_by_hand():
     torch.testing.assert_close(centerness_targets(anchors, gt), torch.tensor([math.sqrt(0.5), math.sqrt(1 / 3)]))
 
 
-def atss_cfg(meta_arch="ATSS", **atss):
-    cfg = get_cfg()
-    add_hqod_config(cfg)
-    cfg.MODEL.META_ARCHITECTURE = meta_arch
-    cfg.MODEL.DEVICE = "cpu"
-    cfg.MODEL.BACKBONE.NAME = "build_retinanet_resnet_fpn_backbone"
-    cfg.MODEL.RESNETS.DEPTH = 18
-    cfg.MODEL.RESNETS.RES2_OUT_CHANNELS = 64
-    cfg.MODEL.RESNETS.NORM = "BN"
-    cfg.MODEL.RESNETS.OUT_FEATURES = ["res3", "res4", "res5"]
-    cfg.MODEL.FPN.IN_FEATURES = ["res3", "res4", "res5"]
-    cfg.MODEL.FPN.OUT_CHANNELS = 32
-    cfg.MODEL.ATSS.NUM_CLASSES = 3
-    cfg.MODEL.ATSS.NUM_CONVS = 1
-    for key, value in atss.items():
-        cfg.MODEL.ATSS[key] = value
-    return cfg
+@pytest.fixture
+def atss_cfg(tiny_detector_cfg):
+    """``atss_cfg(meta_arch="ATSS", **atss_keys)``."""
+    return lambda meta_arch="ATSS", **atss: tiny_detector_cfg(meta_arch, ATSS=atss)
 
 
 def _batch(num_boxes):
@@ -101,7 +86,7 @@ def _batch(num_boxes):
     return batch
 
 
-def test_one_square_anchor_per_location_of_side_scale_times_stride():
+def test_one_square_anchor_per_location_of_side_scale_times_stride(atss_cfg):
     torch.manual_seed(0)
     model = build_model(atss_cfg())
     features = [torch.zeros(1, 32, 16 // 2 ** i, 16 // 2 ** i) for i in range(5)]
@@ -112,7 +97,7 @@ def test_one_square_anchor_per_location_of_side_scale_times_stride():
 
 
 @pytest.mark.parametrize("meta_arch", ["ATSS", "HQODATSS"])
-def test_trains_with_an_image_without_boxes_and_on_boxless_batches(meta_arch):
+def test_trains_with_an_image_without_boxes_and_on_boxless_batches(meta_arch, atss_cfg):
     torch.manual_seed(0)
     model = build_model(atss_cfg(meta_arch)).train()
     for num_boxes in ((2, 0), (0, 0)):
@@ -124,7 +109,7 @@ def test_trains_with_an_image_without_boxes_and_on_boxless_batches(meta_arch):
     assert model.head.scales.grad is not None
 
 
-def test_inference_keeps_the_top_probabilities_and_scores_them_with_centerness():
+def test_inference_keeps_the_top_probabilities_and_scores_them_with_centerness(atss_cfg):
     torch.manual_seed(0)
     model = build_model(atss_cfg(TOPK_CANDIDATES_TEST=2)).eval()
     anchors = Boxes(_t([[0, 0, 16, 16], [16, 0, 32, 16], [0, 16, 16, 32]]))
@@ -140,6 +125,6 @@ def test_inference_keeps_the_top_probabilities_and_scores_them_with_centerness()
     torch.testing.assert_close(out.pred_boxes.tensor, anchors.tensor[:2])
 
 
-def test_bad_in_features_stop_the_build():
+def test_bad_in_features_stop_the_build(atss_cfg):
     with pytest.raises(HQODInputError, match=r"MODEL.ATSS.IN_FEATURES \['p2'\] must name backbone outputs"):
         build_model(atss_cfg(IN_FEATURES=["p2"]))

@@ -10,7 +10,6 @@ from detectron2.structures import Boxes, Instances
 from detectron2.structures.boxes import matched_pairwise_iou
 from detectron2.utils.events import EventStorage
 
-from hqod.config import add_hqod_config
 from hqod.errors import HQODInputError
 from hqod.modeling.detectors import DENSE_DETECTORS
 from hqod.modeling.hqod_mixin import HQODInputs, _aligned_iou
@@ -20,30 +19,21 @@ HQOD_KEYS = ("loss_tcorr", "loss_hiou")
 ARCHS = {spec.hqod_meta_architecture: spec.meta_architecture for spec in DENSE_DETECTORS.values()}
 
 
-def tiny_cfg(meta_arch, **hqod):
-    cfg = get_cfg()
-    add_hqod_config(cfg)
-    cfg.MODEL.META_ARCHITECTURE = meta_arch
-    cfg.MODEL.DEVICE = "cpu"
-    cfg.MODEL.WEIGHTS = ""
-    cfg.MODEL.BACKBONE.NAME = "build_retinanet_resnet_fpn_backbone"
-    cfg.MODEL.RESNETS.DEPTH = 18
-    cfg.MODEL.RESNETS.RES2_OUT_CHANNELS = 64
-    cfg.MODEL.RESNETS.NORM = "BN"
-    cfg.MODEL.RESNETS.OUT_FEATURES = ["res3", "res4", "res5"]
-    cfg.MODEL.FPN.IN_FEATURES = ["res3", "res4", "res5"]
-    cfg.MODEL.FPN.OUT_CHANNELS = 32
-    for spec in DENSE_DETECTORS.values():
-        cfg.MODEL[spec.config_node].NUM_CLASSES = 3
-        cfg.MODEL[spec.config_node].NUM_CONVS = 1
-    for key, value in hqod.items():
-        cfg.MODEL.HQOD[key] = value
-    return cfg
+@pytest.fixture
+def tiny_cfg(tiny_detector_cfg):
+    """``tiny_cfg(meta_arch, **hqod_keys)``."""
+    return lambda meta_arch, **hqod: tiny_detector_cfg(meta_arch, HQOD=hqod)
 
 
-def tiny_model(meta_arch, seed=0, **hqod):
-    torch.manual_seed(seed)
-    return build_model(tiny_cfg(meta_arch, **hqod)).train()
+@pytest.fixture
+def tiny_model(tiny_cfg):
+    """``tiny_model(meta_arch, seed=0, **hqod_keys)``: the built detector in train mode."""
+
+    def make(meta_arch, seed=0, **hqod):
+        torch.manual_seed(seed)
+        return build_model(tiny_cfg(meta_arch, **hqod)).train()
+
+    return make
 
 
 def tiny_batch(num_boxes=(2, 1), seed=0):
@@ -71,7 +61,7 @@ def arch(request):
     return request.param
 
 
-def test_loss_entries_finite_and_training_steps(arch):
+def test_loss_entries_finite_and_training_steps(arch, tiny_model):
     model = tiny_model(arch)
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
     for step in range(3):
@@ -86,7 +76,7 @@ def test_loss_entries_finite_and_training_steps(arch):
     assert 0 <= scalars["hqod/rho_mean"][0] <= 1 and -1 <= scalars["hqod/pearson_pu"][0] <= 1
 
 
-def test_hqod_gradients_reach_cls_and_box_branches(arch):
+def test_hqod_gradients_reach_cls_and_box_branches(arch, tiny_model):
     model = tiny_model(arch)
     losses, _ = run_losses(model, tiny_batch())
     (losses["loss_tcorr"] + losses["loss_hiou"]).backward()
@@ -94,7 +84,7 @@ def test_hqod_gradients_reach_cls_and_box_branches(arch):
         assert param.grad is not None and param.grad.abs().sum() > 0
 
 
-def test_quantized_model_gets_hqod_gradients():
+def test_quantized_model_gets_hqod_gradients(tiny_cfg):
     from hqod.quantization import calibrate, convert_to_qat
 
     cfg = tiny_cfg("HQODRetinaNet")
@@ -109,7 +99,7 @@ def test_quantized_model_gets_hqod_gradients():
         assert param.grad is not None and param.grad.abs().sum() > 0
 
 
-def test_zero_positives_give_zero_hqod_losses(arch):
+def test_zero_positives_give_zero_hqod_losses(arch, tiny_model):
     model = tiny_model(arch)
     losses, _ = run_losses(model, tiny_batch(num_boxes=(0, 0)))
     assert all(losses[k] == 0 for k in HQOD_KEYS)
@@ -117,7 +107,7 @@ def test_zero_positives_give_zero_hqod_losses(arch):
     sum(losses.values()).backward()
 
 
-def test_zero_weights_give_exactly_the_base_losses(arch):
+def test_zero_weights_give_exactly_the_base_losses(arch, tiny_model):
     base = tiny_model(ARCHS[arch])
     model = tiny_model(arch, TCORR_WEIGHT=0.0, HIOU_WEIGHT=0.0)
     model.load_state_dict(base.state_dict())
@@ -130,7 +120,7 @@ def test_zero_weights_give_exactly_the_base_losses(arch):
     assert all(losses[k] == 0 for k in HQOD_KEYS)
 
 
-def test_weights_are_read_at_every_step():
+def test_weights_are_read_at_every_step(tiny_model):
     model = tiny_model("HQODRetinaNet")
     inputs = HQODInputs(pos_mask=torch.tensor([[True, False]]), gt_class_logits=torch.tensor([0.3]),
                         pred_boxes=torch.tensor([[0.0, 0.0, 32.0, 32.0]]),
@@ -143,7 +133,7 @@ def test_weights_are_read_at_every_step():
 
 
 @pytest.mark.parametrize("meta_arch", ["FCOS", "HQODFCOS"])
-def test_fcos_trains_on_images_without_boxes(meta_arch):
+def test_fcos_trains_on_images_without_boxes(meta_arch, tiny_model):
     """Detectron2 v0.6's FCOS.label_anchors crashed here (IndexError in match_anchors)."""
     model = tiny_model(meta_arch)
     for num_boxes in ((2, 0), (0, 0)):
@@ -167,12 +157,12 @@ def test_aligned_iou_matches_detectron2():
 @pytest.mark.parametrize(
     "key,value", [("TCORR_WEIGHT", -0.1), ("HIOU_WEIGHT", -1.0), ("HIOU_ALPHA", 0.0), ("HIOU_ALPHA", -1.5)]
 )
-def test_bad_values_raise_in_validation(key, value):
+def test_bad_values_raise_in_validation(key, value, tiny_cfg):
     with pytest.raises(HQODInputError, match=f"MODEL.HQOD.{key}"):
         check_hqod_config(tiny_cfg("HQODRetinaNet", **{key: value}))
 
 
-def test_hqod_keys_on_a_plain_meta_arch_raise():
+def test_hqod_keys_on_a_plain_meta_arch_raise(tiny_cfg):
     check_hqod_config(tiny_cfg("RetinaNet"))  # defaults: fine
     with pytest.raises(HQODInputError, match="MODEL.HQOD.TCORR_WEIGHT=0.5 set but MODEL.META_ARCHITECTURE=RetinaNet .*"
                                              "use one of HQODRetinaNet, HQODFCOS, HQODATSS"):
