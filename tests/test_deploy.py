@@ -2,6 +2,7 @@
 onnxruntime, the integer kernels of the W8A8 folded-BN recipe, the onnxruntime detector and the deploy tools."""
 import importlib.util
 import json
+import math
 
 import hqod  # noqa: F401  (before any detectron2 import)
 import onnx
@@ -29,6 +30,8 @@ RECIPES = {  # name: (config, overrides)
     "w8a8_pc_foldbn": ("shapes/retinanet_MNV2_lsq_w8a8_pc_foldbn.yaml", []),
     "fp32": ("quickstart_retinanet_mnv2_shapes.yaml", []),
     "fcos_fp32": ("quickstart_fcos_mnv2_shapes.yaml", ["MODEL.FPN.OUT_CHANNELS", 64]),  # GN groups of 2 on 1x1 P7
+    "tqt_w4a4": ("shapes/retinanet_MNV2_tqt_w4a4.yaml", []),
+    "dsq_w4a4": (QAT, ["MODEL.QUANT.ALGORITHM", "DSQ"]),
 }
 
 
@@ -125,6 +128,18 @@ def test_w2a2_weights_are_int2_at_opset_25(exported):
     assert stored["head.cls_subnet.0.weight_quant.quantized"].data_type == onnx.TensorProto.INT2
     for row in record["agreement"]:
         assert row["max_diff_in_tolerances"] <= 1.0, row
+
+
+@pytest.mark.parametrize("recipe", ["tqt_w4a4", "dsq_w4a4"])
+def test_tqt_and_dsq_export_the_steps_they_train_with(exported, recipe):
+    _, model, _, record = exported(recipe)
+    for row in record["agreement"]:
+        assert row["max_diff_in_tolerances"] <= 1.0, row
+    steps = {q["name"]: q["scale"] for q in record["quantization"]["quantizers"]}
+    stem = model.backbone.bottom_up.stem.input_quant
+    assert steps["backbone.bottom_up.stem.input_quant"] == stem.step_size.reshape(-1).tolist()
+    if recipe == "tqt_w4a4":  # TQT's steps are powers of two
+        assert all(math.log2(step).is_integer() for scale in steps.values() for step in scale)
 
 
 def test_folded_bn_w8a8_runs_integer_convs(exported):
