@@ -2,9 +2,9 @@
 onnxruntime, the integer kernels of the W8A8 folded-BN recipe, the onnxruntime detector and the deploy tools."""
 import importlib.util
 import json
+import math
 
 import hqod  # noqa: F401  (before any detectron2 import)
-import numpy as np
 import onnx
 import pytest
 import torch
@@ -12,7 +12,7 @@ from detectron2.data import DatasetCatalog, DatasetMapper
 from detectron2.modeling import build_model
 from torch import nn
 
-from hqod.deploy import DenseHeadGraph, OnnxDetector, export_onnx, integer_nodes
+from hqod.deploy import OnnxDetector, export_onnx, integer_nodes
 from hqod.deploy.export import default_input_size
 from hqod.deploy.inputs import FixedSizeInput
 from hqod.engine.checkpoint import HQODCheckpointer
@@ -20,7 +20,7 @@ from hqod.errors import HQODInputError
 from hqod.quantization import calibrate, convert_to_qat, quantizers
 
 SIZE = 128
-TINY = ["MODEL.WEIGHTS", "", "MODEL.FPN.OUT_CHANNELS", 32, "MODEL.RETINANET.NUM_CONVS", 1,
+TINY = ["MODEL.WEIGHTS", "", "MODEL.FPN.OUT_CHANNELS", 32, "MODEL.RETINANET.NUM_CONVS", 1, "MODEL.FCOS.NUM_CONVS", 1,
         "INPUT.MIN_SIZE_TEST", SIZE, "INPUT.MAX_SIZE_TEST", SIZE]
 QAT = "shapes/retinanet_MNV2_lsq_w4a4.yaml"
 RECIPES = {  # name: (config, overrides)
@@ -29,6 +29,9 @@ RECIPES = {  # name: (config, overrides)
     "w8a8_pc": ("shapes/retinanet_MNV2_lsq_w8a8_pc.yaml", []),
     "w8a8_pc_foldbn": ("shapes/retinanet_MNV2_lsq_w8a8_pc_foldbn.yaml", []),
     "fp32": ("quickstart_retinanet_mnv2_shapes.yaml", []),
+    "fcos_fp32": ("quickstart_fcos_mnv2_shapes.yaml", ["MODEL.FPN.OUT_CHANNELS", 64]),  # GN groups of 2 on 1x1 P7
+    "tqt_w4a4": ("shapes/retinanet_MNV2_tqt_w4a4.yaml", []),
+    "dsq_w4a4": (QAT, ["MODEL.QUANT.ALGORITHM", "DSQ"]),
 }
 
 
@@ -127,6 +130,18 @@ def test_w2a2_weights_are_int2_at_opset_25(exported):
         assert row["max_diff_in_tolerances"] <= 1.0, row
 
 
+@pytest.mark.parametrize("recipe", ["tqt_w4a4", "dsq_w4a4"])
+def test_tqt_and_dsq_export_the_steps_they_train_with(exported, recipe):
+    _, model, _, record = exported(recipe)
+    for row in record["agreement"]:
+        assert row["max_diff_in_tolerances"] <= 1.0, row
+    steps = {q["name"]: q["scale"] for q in record["quantization"]["quantizers"]}
+    stem = model.backbone.bottom_up.stem.input_quant
+    assert steps["backbone.bottom_up.stem.input_quant"] == stem.step_size.reshape(-1).tolist()
+    if recipe == "tqt_w4a4":  # TQT's steps are powers of two
+        assert all(math.log2(step).is_integer() for scale in steps.values() for step in scale)
+
+
 def test_folded_bn_w8a8_runs_integer_convs(exported):
     _, _, folded_dir, folded = exported("w8a8_pc_foldbn")
     _, _, plain_dir, _ = exported("w8a8_pc")
@@ -149,11 +164,14 @@ def test_fp32_export_matches_pytorch(exported):
         assert row["max_diff_in_tolerances"] <= 1.0, row
 
 
-def test_onnx_detector_gives_the_pytorch_detections(exported, tiny_shapes_val):
-    cfg, model, folder, _ = exported("w4a4")
+@pytest.mark.parametrize("recipe", ["w4a4", "fcos_fp32"])
+def test_onnx_detector_gives_the_pytorch_detections(exported, tiny_shapes_val, recipe):
+    cfg, model, folder, record = exported(recipe)
+    if recipe == "fcos_fp32":
+        assert [o["name"] for o in record["outputs"]][-5:] == [f"centerness_p{k}" for k in range(3, 8)]
     cfg = cfg.clone()
-    cfg.MODEL.RETINANET.SCORE_THRESH_TEST = 0.0
-    cfg.MODEL.RETINANET.TOPK_CANDIDATES_TEST = 50
+    for head in (cfg.MODEL.RETINANET, cfg.MODEL.FCOS):
+        head.SCORE_THRESH_TEST, head.TOPK_CANDIDATES_TEST = 0.0, 50
     model.test_score_thresh, model.test_topk_candidates = 0.0, 50
     inputs = [DatasetMapper(cfg, is_train=False)(DatasetCatalog.get("hqod_shapes_val")[0])]
     assert inputs[0]["image"].shape[-2:] == (SIZE, SIZE) and (inputs[0]["height"], inputs[0]["width"]) == (256, 256)

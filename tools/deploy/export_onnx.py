@@ -38,7 +38,8 @@ def summary(record, output_dir) -> str:
     lines = [f"wrote {path} ({os.path.getsize(path) / 2 ** 20:.2f} MB, opset {record['opset']}) and "
              f"{os.path.join(output_dir, 'export.json')}",
              f"input {record['input']['name']}: batch x 3 x {height} x {width}, {record['input']['format']}, "
-             f"(image - pixel_mean) / pixel_std, zero padding; outputs: {', '.join(o['name'] for o in record['outputs'])}"]
+             f"(image - pixel_mean) / pixel_std, zero padding; outputs: "
+             f"{', '.join(o['name'] for o in record['outputs'])}"]
     quant = record["quantization"]
     if quant:
         types = sorted({f"{q['role']} {q['bits']}-bit in {q['onnx_type']}" for q in quant["quantizers"]})

@@ -61,8 +61,9 @@ def check_input_size(height: int, width: int, size_divisibility: int) -> None:
     """The fixed input must be positive multiples of the backbone's size divisibility (the FPN needs it)."""
     for name, value in (("height", height), ("width", width)):
         if value <= 0 or value % max(size_divisibility, 1):
+            suggestion = _round_up(max(value, 1), size_divisibility)
             raise HQODInputError(f"input {name} {value} must be a positive multiple of the backbone's size "
-                                 f"divisibility {size_divisibility}; e.g. {_round_up(max(value, 1), size_divisibility)}")
+                                 f"divisibility {size_divisibility}; e.g. {suggestion}")
 
 
 def export_onnx(cfg, model, output_dir, height: int, width: int, sample=None) -> dict:
@@ -157,11 +158,12 @@ def _export_record(cfg, model, graph_module, names, shapes, size, opset, quant_r
         "weights": cfg.MODEL.WEIGHTS,
         "input": {
             "name": INPUT_NAME, "shape": ["batch", 3, *size], "format": cfg.INPUT.FORMAT,
-            "pixel_mean": [float(v) for v in cfg.MODEL.PIXEL_MEAN], "pixel_std": [float(v) for v in cfg.MODEL.PIXEL_STD],
+            "pixel_mean": [float(v) for v in cfg.MODEL.PIXEL_MEAN],
+            "pixel_std": [float(v) for v in cfg.MODEL.PIXEL_STD],
             "min_size_test": cfg.INPUT.MIN_SIZE_TEST, "max_size_test": cfg.INPUT.MAX_SIZE_TEST,
-            "preprocessing": "resize the shortest edge to min_size_test (longest at most max_size_test), shrink further "
-                             "to fit the input if needed, (image - pixel_mean) / pixel_std per channel in the given "
-                             "format, zero padding at the bottom and right",
+            "preprocessing": "resize the shortest edge to min_size_test (longest at most max_size_test), shrink "
+                             "further to fit the input if needed, (image - pixel_mean) / pixel_std per channel in the "
+                             "given format, zero padding at the bottom and right",
         },
         "outputs": [{"name": name, "shape": ["batch", *shape], "stride": strides[levels[i % len(levels)]],
                      "step": steps.get(name)} for i, (name, shape) in enumerate(zip(names, shapes))],

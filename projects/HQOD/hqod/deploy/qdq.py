@@ -12,9 +12,9 @@ Carriers. Weights (stored integers, DequantizeLinear only): 8 bits and 5-7 bits 
 21), 2 bits as INT2 (opset 25); the stored integers are already within [qmin, qmax]. Activations: always INT8 / UINT8,
 with a Clip to [qmin·s, qmax·s] before QuantizeLinear below 8 bits, which keeps the trained clamping range exactly
 (round(clip(x, qmin·s, qmax·s) / s) = clamp(round(x / s), qmin, qmax)): onnxruntime 1.32 executes 4- and 2-bit
-QuantizeLinear on its own, but its QDQ graph optimisers mishandle it in a network (ReluQuantFusion drops a Relu before an
-INT4 / INT2 QuantizeLinear as if its zero point were the type's minimum, giving wrong results; ClipQuantFusion stops
-session creation on a UINT4 zero point). Every zero point is 0 (symmetric, or unsigned from 0).
+QuantizeLinear on its own, but its QDQ graph optimisers mishandle it in a network (ReluQuantFusion drops a Relu before
+an INT4 / INT2 QuantizeLinear as if its zero point were the type's minimum, giving wrong results; ClipQuantFusion
+stops session creation on a UINT4 zero point). Every zero point is 0 (symmetric, or unsigned from 0).
 """
 from collections import Counter
 from typing import NamedTuple
