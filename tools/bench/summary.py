@@ -39,7 +39,8 @@ def groups(records) -> dict:
 
 def paired(records, settings) -> list:
     """Per data set, detector and (baseline, HQOD) pair of ``plan.pairs`` (stored as "baseline" and "hqod"; for a
-    variant: the setting and its variant): the difference HQOD − baseline of every metric, seed by seed (seeds where both runs succeeded), with its spread and how many seeds are positive."""
+    variant: the setting and its variant): the difference HQOD − baseline of every metric, seed by seed (seeds where
+    both runs succeeded), with its spread and how many seeds are positive."""
     ok = {(r["dataset"], r["detector"], r["setting"], r["seed"]): r["metrics"] for r in records if r["status"] == "ok"}
     combos = sorted({(d, det) for d, det, _, _ in ok})
     result = []
