@@ -228,7 +228,7 @@ class HQODATSS(HQODLossMixin, ATSS):
 
     def hqod_inputs(self, anchors, pred_logits, gt_labels, pred_anchor_deltas, gt_boxes, pred_centerness):
         return dense_hqod_inputs(self, anchors, pred_logits, gt_labels, pred_anchor_deltas, gt_boxes,
-                                 normalizer=self.box_loss_normalizer(anchors, gt_labels, gt_boxes))
+                                 normalizer=lambda pos_mask: self.box_loss_normalizer(anchors, gt_labels, gt_boxes))
 
 
 META_ARCH_REGISTRY.register(ATSS)

@@ -56,7 +56,8 @@ def _aligned_iou(boxes1: torch.Tensor, boxes2: torch.Tensor) -> torch.Tensor:
 def dense_hqod_inputs(detector, anchors, pred_logits, gt_labels, pred_anchor_deltas, gt_boxes, normalizer):
     """``HQODInputs`` of a detector that labels anchors as Detectron2's RetinaNet does (a class index, ``num_classes``
     for background, -1 for ignored) and decodes boxes with ``detector.box2box_transform``. Arguments as for
-    Detectron2's ``RetinaNet.losses``; ``gt_boxes`` may be per-image Tensors or Boxes (v0.6's FCOS)."""
+    Detectron2's ``RetinaNet.losses``; ``gt_boxes`` may be per-image Tensors or Boxes (v0.6's FCOS); ``normalizer``
+    maps the (N, R) positive mask to the detector's box-loss normaliser of this step."""
     labels = torch.stack(list(gt_labels))  # (N, R)
     pos_mask = (labels >= 0) & (labels != detector.num_classes)
     logits = torch.cat(list(pred_logits), dim=1)[pos_mask]  # (P, K)
@@ -66,7 +67,7 @@ def dense_hqod_inputs(detector, anchors, pred_logits, gt_labels, pred_anchor_del
     deltas = torch.cat(list(pred_anchor_deltas), dim=1)[pos_mask]
     pred_boxes = detector.box2box_transform.apply_deltas(deltas, pos_anchors)
     gt = torch.stack([b.tensor if isinstance(b, Boxes) else b for b in gt_boxes])[pos_mask]
-    return HQODInputs(pos_mask, gt_class_logits, pred_boxes, gt, normalizer)
+    return HQODInputs(pos_mask, gt_class_logits, pred_boxes, gt, normalizer(pos_mask))
 
 
 def num_pos_normalizer(pos_mask: torch.Tensor) -> float:

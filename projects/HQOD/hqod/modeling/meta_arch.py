@@ -1,8 +1,9 @@
 """The HQOD meta-architectures of Detectron2's RetinaNet and the project's FCOS, and their table entries.
 
-Both detectors are Detectron2's: their ``losses()`` divide the box loss by an EMA of the number of positives
-(momentum 0.9) that the same call updates and keeps in ``self.loss_normalizer``; their ``hqod_inputs`` (called
-after ``losses()``) hand that value over as the step's box-loss normaliser.
+Both detectors are Detectron2's: their ``losses()`` divide the box loss by an EMA (momentum 0.9) of max(number of
+positives in the batch, 1), starting at 100 (RetinaNet) or 300 (FCOS). Their ``hqod_inputs`` compute that same
+divisor from the positives they hand over (``BoxLossNormalizerEMA``, one update per training step), instead of reading
+the value Detectron2's ``losses()`` leaves in ``self.loss_normalizer``; tests check the two agree.
 """
 from detectron2.modeling import META_ARCH_REGISTRY, RetinaNet
 
@@ -10,23 +11,41 @@ from .detectors import DenseDetectorSpec, register_dense_detector
 from .fcos import FCOS
 from .hqod_mixin import HQODLossMixin, dense_hqod_inputs
 
+EMA_MOMENTUM = 0.9  # Detectron2's DenseDetector._ema_update default, used by RetinaNet and FCOS for loss_normalizer
+
+
+class BoxLossNormalizerEMA:
+    """Adds ``hqod_box_loss_normalizer(pos_mask)``: the EMA of max(positives, 1) from ``normalizer_start``, as
+    Detectron2's RetinaNet and FCOS divide their box loss by; call it once per training step."""
+
+    normalizer_start = 100.0
+
+    def hqod_box_loss_normalizer(self, pos_mask) -> float:
+        previous = getattr(self, "_hqod_normalizer_ema", self.normalizer_start)
+        self._hqod_normalizer_ema = EMA_MOMENTUM * previous + (1 - EMA_MOMENTUM) * max(int(pos_mask.sum()), 1)
+        return self._hqod_normalizer_ema
+
 
 @META_ARCH_REGISTRY.register()
-class HQODRetinaNet(HQODLossMixin, RetinaNet):
+class HQODRetinaNet(BoxLossNormalizerEMA, HQODLossMixin, RetinaNet):
     """Detectron2's RetinaNet with ``loss_tcorr`` and ``loss_hiou`` added; built from ``MODEL.RETINANET/HQOD.*``."""
+
+    normalizer_start = 100.0  # Detectron2's RetinaNet
 
     def hqod_inputs(self, anchors, pred_logits, gt_labels, pred_anchor_deltas, gt_boxes):
         return dense_hqod_inputs(self, anchors, pred_logits, gt_labels, pred_anchor_deltas, gt_boxes,
-                                 normalizer=self.loss_normalizer)
+                                 normalizer=self.hqod_box_loss_normalizer)
 
 
 @META_ARCH_REGISTRY.register()
-class HQODFCOS(HQODLossMixin, FCOS):
+class HQODFCOS(BoxLossNormalizerEMA, HQODLossMixin, FCOS):
     """The project's yacs-buildable FCOS plus ``loss_tcorr`` and ``loss_hiou``; built from ``MODEL.FCOS/HQOD.*``."""
+
+    normalizer_start = 300.0  # Detectron2's FCOS
 
     def hqod_inputs(self, anchors, pred_logits, gt_labels, pred_anchor_deltas, gt_boxes, pred_centerness):
         return dense_hqod_inputs(self, anchors, pred_logits, gt_labels, pred_anchor_deltas, gt_boxes,
-                                 normalizer=self.loss_normalizer)
+                                 normalizer=self.hqod_box_loss_normalizer)
 
 
 register_dense_detector(DenseDetectorSpec(
