@@ -43,12 +43,18 @@ def launch(main_func, num_gpus_per_machine, num_machines=1, machine_rank=0, dist
 
 
 def _reporting_errors(main_func, errors, *args):
-    """Run ``main_func`` in a worker; an HQODError's message goes to the parent before the worker fails."""
+    """Run ``main_func`` in a worker; an HQODError's message goes to the parent before the worker fails. A worker
+    that finished closes the process group with the others, so that none exits while gloo still talks to it (such
+    an exit can abort the process: "terminate called without an active exception")."""
     try:
-        return main_func(*args)
+        result = main_func(*args)
     except HQODError as e:
         errors.put(str(e))
         raise
+    if dist.is_initialized():
+        comm.synchronize()
+        dist.destroy_process_group()
+    return result
 
 
 def _free_port() -> int:
