@@ -1,6 +1,7 @@
 """The benchmark harness (tools/bench): the plan pairs every baseline with its HQOD variant on the same calibrated
-checkpoint, the quick runs are runs of the full bench, results are summarised per seed, resumed runs are
-recognised, failures are reported, and the data it writes is what it says."""
+checkpoint and evaluates every run on val and test, the quick runs are runs of the full bench, results are
+summarised per seed and split (the report shows the report split), resumed runs are recognised, failures are
+reported, and the data it writes is what it says."""
 import json
 import math
 import os
@@ -19,16 +20,18 @@ from hqod.evaluation import ground_truth_by_image
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools"))
 
-from bench import plots, report, runs, store  # noqa: E402
-from bench.data import write_train_crops, write_val_subset  # noqa: E402
+from bench import plots, report, runs, stats, store  # noqa: E402
+from bench.data import write_eval_subset, write_train_crops  # noqa: E402
 from bench.plan import (DATA, MODES, NORMALIZER_SETTINGS, QAT_SETTINGS, TQT_SETTINGS, Run, baseline_of,  # noqa: E402
                         build_plan, pairs, select)
 from hqod.modeling.detectors import DENSE_DETECTORS  # noqa: E402
-from bench.summary import groups, paired  # noqa: E402
+from bench.summary import groups, paired, summarize  # noqa: E402
 
-FAKE_SETS = {"shapes": {"entries": ["bench_v:/v.json:/img"], "val": "bench_v", "train": None},
-             "deepforest": {"entries": ["bench_d:/d.json:/img", "bench_t:/t.json:/timg"], "val": "bench_d",
-                            "train": "bench_t"}}
+FAKE_SETS = {"shapes": {"entries": ["bench_v:/v.json:/img", "bench_s:/s.json:/simg"], "val": "bench_v",
+                        "test": "bench_s", "train": None},
+             "deepforest": {"entries": ["bench_d:/d.json:/img", "bench_e:/e.json:/eimg", "bench_t:/t.json:/timg"],
+                            "val": "bench_d", "test": "bench_e", "train": "bench_t"}}
+SPLITS = (("val", "bench_v"), ("test", "bench_s"))
 
 
 def _opts(run) -> dict:
@@ -97,6 +100,40 @@ def test_a_selection_is_a_subset_of_the_mode():
         select(MODES["full"], detectors=["yolo"])
 
 
+def test_every_evaluating_run_is_evaluated_on_val_and_test_and_seeds_are_1_to_n():
+    plan = build_plan(select(MODES["full"], seeds=5), "out", "cpu", FAKE_SETS, tqt=True)
+    for run in plan:
+        opts = _opts(run)
+        assert opts["DATASETS.COCO_FORMAT"] == repr(FAKE_SETS[run.dataset]["entries"])
+        if run.evaluates:
+            sets = FAKE_SETS[run.dataset]
+            assert opts["DATASETS.TEST"] == repr((sets["val"], sets["test"]))
+            assert run.splits == (("val", sets["val"]), ("test", sets["test"]))
+        else:
+            assert run.setting.startswith("calib_") and opts["DATASETS.TEST"] == "()"
+    qat = [r for r in plan if r.setting in QAT_SETTINGS + TQT_SETTINGS]
+    assert {r.seed for r in qat} == {1, 2, 3, 4, 5} and len(qat) == 2 * 3 * 5 * 6
+    assert select(MODES["quick"]).seeds == (1, 2)
+    with pytest.raises(ValueError, match="--seeds 0: give 1 or more seeds"):
+        select(MODES["quick"], seeds=0)
+
+
+def test_dry_run_prints_commands_on_both_splits_for_n_seeds(tmp_path, monkeypatch, capsys):
+    import benchmark_hqod
+    monkeypatch.setattr(benchmark_hqod.signal, "signal", lambda *args: None)  # the test process keeps its handlers
+    monkeypatch.chdir(tmp_path)  # main() changes into the repository
+    monkeypatch.setattr(sys, "argv", ["benchmark_hqod.py", "--mode", "quick", "--seeds", "5", "--settings",
+                                      "lsq_w4a4", "--runs-dir", str(tmp_path), "--dry-run"])
+    benchmark_hqod.main()
+    commands = capsys.readouterr().out.splitlines()
+    qat = [c for c in commands if "retinanet_MNV2_lsq_w4a4.yaml" in c and "calib_" not in c.split("OUTPUT_DIR")[1]]
+    assert [c.rsplit("/seed", 1)[1] for c in qat] == ["1", "2", "3", "4", "5"]
+    for command in [commands[0]] + qat:
+        assert "DATASETS.TEST '('\"'\"'bench_hqod_shapes_val'\"'\"', '\"'\"'bench_hqod_shapes_test'\"'\"')'" in command
+    test_json = json.loads((tmp_path / "data" / "bench_hqod_shapes_test.json").read_text())
+    assert len(test_json["images"]) == DATA["shapes"].test_images == 200
+
+
 def test_quick_runs_are_runs_of_the_full_bench():
     full = {run.key: run for run in build_plan(MODES["full"], "out", "cpu", FAKE_SETS)}
     quick = build_plan(MODES["quick"], "out", "cpu", {"shapes": FAKE_SETS["shapes"]})
@@ -109,10 +146,13 @@ def test_quick_runs_are_runs_of_the_full_bench():
 
 
 def _record(setting, seed, ap, status="ok", dataset="shapes", detector="retinanet"):
-    metrics = {"bbox/AP": ap, "bbox/AP50": ap + 20, "bbox/AP75": ap - 5, "harmony/pearson": ap / 100} if ap else {}
+    """A run record with test AP ``ap`` and val AP ``ap / 2`` (so val differences are half the test ones)."""
+    metrics = {split: {"bbox/AP": a, "bbox/AP50": a + 20, "bbox/AP75": a - 5, "harmony/pearson": a / 100}
+               for split, a in (("val", (ap or 0) / 2), ("test", ap))} if ap else {}
     return {"key": f"{dataset}/{detector}/{setting}/seed{seed}", "dataset": dataset, "detector": detector,
             "setting": setting, "seed": seed, "status": status, "metrics": metrics,
-            "wall_s": 10.0 + seed, **({"error": "boom"} if status != "ok" else {})}
+            "splits": {"val": "bench_v", "test": "bench_s"}, "wall_s": 10.0 + seed,
+            **({"error": "boom"} if status != "ok" else {})}
 
 
 def _records():
@@ -122,35 +162,62 @@ def _records():
 
 
 def test_paired_difference_is_taken_seed_by_seed_over_seeds_where_both_succeeded():
-    (entry,) = paired(_records(), ("lsq_w4a4", "lsq_hqod_w4a4"))
+    (entry,) = paired(_records(), ("lsq_w4a4", "lsq_hqod_w4a4"), "test")
     assert entry["seeds"] == [1, 2, 3]
     ap = entry["bbox/AP"]
     assert ap["per_seed"] == [1.0, -1.0, 4.0] and ap["positive"] == 2 and ap["n"] == 3
     assert ap["mean"] == pytest.approx(4 / 3) and ap["std"] == pytest.approx(np.std([1, -1, 4], ddof=1))
     assert entry["harmony/pearson"]["per_seed"] == pytest.approx([0.01, -0.01, 0.04])
+    # 4/3 ± t(0.975, 2) * s / sqrt(3), t(0.975, 2) = 4.3027, s = 2.5166
+    assert ap["inference"]["t_ci95"] == pytest.approx([-4.9183, 7.5849], abs=1e-3)
+    assert ap["inference"]["sign_test"] == {"positive": 2, "negative": 1, "ties": 0, "p": 1.0}
+    (val,) = paired(_records(), ("lsq_w4a4", "lsq_hqod_w4a4"), "val")
+    assert val["bbox/AP"]["per_seed"] == [0.5, -0.5, 2.0]
+
+
+def test_summary_pools_every_data_set_and_detector_of_a_comparison_per_split():
+    records = _records() + [_record(s, seed, ap, detector="fcos") for s, seed, ap in (
+        ("lsq_w4a4", 1, 60.0), ("lsq_hqod_w4a4", 1, 62.0), ("lsq_w4a4", 2, 61.0), ("lsq_hqod_w4a4", 2, 64.0))]
+    summary = summarize(records, ("lsq_w4a4", "lsq_hqod_w4a4"))
+    assert set(summary) == {"val", "test"}
+    (pooled,) = summary["test"]["pooled"]
+    assert pooled["combos"] == ["shapes/fcos", "shapes/retinanet"]
+    assert pooled["bbox/AP"]["inference"]["n"] == 5 and pooled["bbox/AP"]["mean"] == pytest.approx(9 / 5)
+    assert pooled["bbox/AP"]["inference"]["sign_test"]["positive"] == 4
+    assert summary["val"]["pooled"][0]["bbox/AP"]["mean"] == pytest.approx(9 / 10)
+    assert summary["test"]["groups"]["shapes/fcos/lsq_w4a4"]["bbox/AP"]["mean"] == 60.5
 
 
 def test_groups_report_spread_over_successful_seeds_and_the_failures():
-    summary = groups(_records())
+    summary = groups(_records(), "test")
     hqod = summary["shapes/retinanet/lsq_hqod_w4a4"]
     assert hqod["seeds"] == [1, 2, 3] and hqod["failed"] == {"shapes/retinanet/lsq_hqod_w4a4/seed4": "boom"}
     assert hqod["bbox/AP"]["mean"] == pytest.approx(160 / 3) and hqod["bbox/AP"]["min"] == 51.0
     assert summary["shapes/retinanet/fp32"]["bbox/AP"] == {"n": 1, "mean": 70.0, "std": 0.0, "min": 70.0,
                                                           "max": 70.0}
     assert hqod["timing"]["wall_s"]["n"] == 4  # failed runs took time too
+    assert groups(_records(), "val")["shapes/retinanet/lsq_hqod_w4a4"]["bbox/AP"]["mean"] == pytest.approx(80 / 3)
 
 
-def test_report_shows_means_paired_differences_and_failed_runs():
-    records = _records()
-    results = {"mode": "quick", "command": "python tools/benchmark_hqod.py", "started": "now", "wall_s": 60.0,
-               "runs_wall_s": 60.0, "json": "benchmarks/results_quick.json",
-               "host": {"cpus": 2, "torch": "x", "device": "cpu", "load_before": [0], "load_after": [0]},
-               "runs": {r["key"]: r for r in records},
-               "summary": {"groups": groups(records), "paired": paired(records, ("lsq_w4a4", "lsq_hqod_w4a4"))}}
-    text = report.render(results, ["quick_ap_vs_bits.png"])
+def _results(records, report_split="test"):
+    return {"mode": "quick", "command": "python tools/benchmark_hqod.py", "started": "now", "wall_s": 60.0,
+            "runs_wall_s": 60.0, "json": "benchmarks/results_quick.json", "report_split": report_split,
+            "host": {"cpus": 2, "torch": "x", "device": "cpu", "load_before": [0], "load_after": [0]},
+            "runs": {r["key"]: r for r in records}, "summary": summarize(records, ("lsq_w4a4", "lsq_hqod_w4a4"))}
+
+
+def test_report_shows_the_test_split_with_val_beside_it_paired_statistics_and_failed_runs():
+    text = report.render(_results(_records()), ["quick_ap_vs_bits.png"])
+    assert "**the tables and figures show the test split**" in text
     assert "| shapes / retinanet | LSQ+HQOD W4A4 | 3 (1 failed) | 53.3 ± 4.0 |" in text
+    assert text.count("| 26.7 ± 2.0 |") == 1  # its val AP, in the last column
     assert "| shapes / retinanet | LSQ+HQOD W4A4 − LSQ W4A4 | 1.0, -1.0, 4.0 | 1.3 ± 2.5 |" in text
-    assert "| 2 / 3 |" in text
+    assert "| 2 / 3 | 0.7 ± 1.3 |" in text  # seeds with ΔAP > 0 on test, then ΔAP on val
+    assert ("| shapes / retinanet | LSQ+HQOD W4A4 − LSQ W4A4 | 3 | +1.33 | [-4.92, +7.58] | [-1.00, +4.00] | "
+            "2 / 1 / 0, p = 1 |") in text
+    assert "| pooled (1 data set / detector) | LSQ+HQOD W4A4 − LSQ W4A4 | 3 | +1.33 |" in text
+    val = report.render(_results(_records(), report_split="val"), [])
+    assert "| shapes / retinanet | LSQ+HQOD W4A4 | 3 (1 failed) | 26.7 ± 2.0 |" in val and "AP (test)" in val
     assert "- `shapes/retinanet/lsq_hqod_w4a4/seed4`: boom" in text
     assert "![quick_ap_vs_bits.png](quick_ap_vs_bits.png)" in text
     assert plots.label("calib_tqt_hqod_w4a4") == "calibration TQT+HQOD W4A4"
@@ -166,15 +233,19 @@ def test_results_json_is_strict_and_written_whole(tmp_path):
     assert store.load(tmp_path / "missing.json") == {}
 
 
-def _finished_run(tmp_path, max_iter=20):
+def _finished_run(tmp_path, max_iter=20, splits=SPLITS):
+    """A finished QAT run evaluated on ``splits`` (as Detectron2 stores several test sets: ``<set>/bbox/AP``)."""
     run = Run("shapes", "retinanet", "lsq_w4a4", 1, "configs/shapes/retinanet_MNV2_lsq_w4a4.yaml",
               ("MODEL.WEIGHTS", str(tmp_path / "calib.pth"), "OUTPUT_DIR", str(tmp_path / "run")),
-              str(tmp_path / "run"), max_iter)
+              str(tmp_path / "run"), max_iter, SPLITS)
     (tmp_path / "calib.pth").write_text("weights")
     out = pathlib.Path(run.output_dir)
     out.mkdir()
     rows = [{"iteration": i, "time": 0.5 + i / 100, "total_loss": 1.0} for i in range(max_iter)]
-    rows.append({"iteration": max_iter - 1, "bbox/AP": 42.0, "bbox/AP50": 60.0, "harmony/pearson": 0.8})
+    final = {"iteration": max_iter - 1}
+    for offset, (_, name) in enumerate(splits):
+        final.update({f"{name}/bbox/AP": 42.0 + offset, f"{name}/bbox/AP50": 60.0, f"{name}/harmony/pearson": 0.8})
+    rows.append(final)
     (out / "metrics.json").write_text("\n".join(map(json.dumps, rows)) + "\n")
     (out / runs.COMMAND_FILE).write_text(json.dumps(runs.command(run)[1:]))
     return run
@@ -194,6 +265,11 @@ def test_a_run_is_reused_only_when_finished_by_the_same_command_after_its_weight
     assert not runs.is_complete(run)  # the calibration it started from was redone
 
 
+def test_a_run_evaluated_on_val_only_is_run_again(tmp_path):
+    run = _finished_run(tmp_path, splits=SPLITS[:1])  # as the bench evaluated before the test split
+    assert runs.final_evaluation(run) is None and not runs.is_complete(run)
+
+
 def test_describe_reads_final_metrics_and_timings(tmp_path):
     run = _finished_run(tmp_path)
     with open(pathlib.Path(run.output_dir) / "metrics.json", "a") as f:  # as QuantCalibration's scalars land there
@@ -204,8 +280,10 @@ def test_describe_reads_final_metrics_and_timings(tmp_path):
         "[11/27 10:01:07] d2.evaluation.evaluator INFO: Start inference on 100 batches\n"
         "[11/27 10:01:30] d2.evaluation.evaluator INFO: Total inference time\n")
     record = runs.describe(run)
-    assert record["status"] == "ok" and record["metrics"] == {"bbox/AP": 42.0, "bbox/AP50": 60.0,
-                                                              "harmony/pearson": 0.8}
+    assert record["status"] == "ok" and record["metrics"] == {
+        "val": {"bbox/AP": 42.0, "bbox/AP50": 60.0, "harmony/pearson": 0.8},
+        "test": {"bbox/AP": 43.0, "bbox/AP50": 60.0, "harmony/pearson": 0.8}}
+    assert record["splits"] == {"val": "bench_v", "test": "bench_s"}
     assert record["s_per_iter"] == pytest.approx(0.5 + 9.5 / 100)
     assert (record["calib_s"], record["train_s"], record["eval_s"]) == (6.5, 60.5, 23.0)
 
@@ -223,9 +301,10 @@ def test_a_run_without_calibration_takes_no_calibration_time(tmp_path):
 def test_a_run_without_detections_is_a_failure(tmp_path):
     run = _finished_run(tmp_path)
     with open(pathlib.Path(run.output_dir) / "metrics.json", "a") as f:
-        f.write(json.dumps({"iteration": run.max_iter - 1, "bbox/AP": float("nan")}) + "\n")
+        f.write(json.dumps({"iteration": run.max_iter - 1, "bench_v/bbox/AP": 3.0,
+                            "bench_s/bbox/AP": float("nan")}) + "\n")
     record = runs.describe(run)
-    assert record["status"] == "failed" and "no detections" in record["error"]
+    assert record["status"] == "failed" and record["error"] == "no detections on test (AP is NaN)"
 
 
 def test_a_failing_train_net_run_is_recorded_with_its_error_line(tmp_path):
@@ -238,12 +317,12 @@ def test_a_failing_train_net_run_is_recorded_with_its_error_line(tmp_path):
     assert not runs.is_complete(run)
 
 
-def test_val_subset_keeps_the_first_images_by_id_with_their_boxes(tmp_path):
-    entry, name = write_val_subset("hqod_shapes_val", 5, tmp_path)
-    assert name == "bench_hqod_shapes_val"
+def test_eval_subset_keeps_the_first_images_by_id_with_their_boxes(tmp_path):
+    entry, name = write_eval_subset("hqod_shapes_test", 5, tmp_path)
+    assert name == "bench_hqod_shapes_test"
     registered, json_file, image_root = entry.split(":")
-    assert registered == name and image_root == MetadataCatalog.get("hqod_shapes_val").image_root
-    full = json.loads(pathlib.Path(MetadataCatalog.get("hqod_shapes_val").json_file).read_text())
+    assert registered == name and image_root == MetadataCatalog.get("hqod_shapes_test").image_root
+    full = json.loads(pathlib.Path(MetadataCatalog.get("hqod_shapes_test").json_file).read_text())
     subset = json.loads(pathlib.Path(json_file).read_text())
     first = sorted(img["id"] for img in full["images"])[:5]
     assert sorted(img["id"] for img in subset["images"]) == first
@@ -302,11 +381,16 @@ def test_report_lists_the_speed_comparison():
     assert "- hqod autograd.Function: 9.50 ms, 0.0 MB" in lines
 
 
-def test_ap_against_bits_is_written_as_one_whole_png(tmp_path):
+def test_ap_against_bits_and_paired_differences_are_written_as_whole_pngs(tmp_path):
     records = _records()
+    summary = summarize(records, ("lsq_w4a4", "lsq_hqod_w4a4"))["test"]
     path = tmp_path / "figures" / "ap_vs_bits.png"
-    plots.ap_vs_bits(path, groups(records), [("shapes", "retinanet", records)])
-    assert path.read_bytes().startswith(b"\x89PNG") and os.listdir(path.parent) == ["ap_vs_bits.png"]
+    plots.ap_vs_bits(path, summary["groups"], [("shapes", "retinanet", records)], "test")
+    plots.paired_differences(tmp_path / "figures" / "paired.png", summary, "test")
+    assert sorted(os.listdir(path.parent)) == ["ap_vs_bits.png", "paired.png"]
+    for name in ("ap_vs_bits.png", "paired.png"):
+        image = cv2.imread(str(path.parent / name))
+        assert image is not None and 100 < image.shape[0] < 1000 and image.shape[1] < 1000
 
 
 def test_hexbin_points_are_matched_as_the_harmony_evaluator_matches_them(tmp_path):
@@ -326,3 +410,41 @@ def test_hexbin_points_are_matched_as_the_harmony_evaluator_matches_them(tmp_pat
     (tmp_path / "detections.json").write_text(json.dumps(detections))
     tp, miscls = plots.score_iou(tmp_path / "detections.json", ground_truth_by_image(str(tmp_path / "gt.json")))
     assert tp.tolist() == [[0.9, pytest.approx(0.8)]] and miscls.tolist() == [[0.6, 1.0]]
+
+
+def test_t_quantile_is_students_not_the_normal_one():
+    # two-sided 95% critical values of Student's t (any statistics table)
+    for df, expected in ((1, 12.7062), (2, 4.3027), (4, 2.7764), (10, 2.2281), (30, 2.0423), (60, 2.0003)):
+        assert stats.t_quantile(0.975, df) == pytest.approx(expected, abs=1e-4)
+    assert stats.t_quantile(0.95, 4) == pytest.approx(2.1318, abs=1e-4)
+    assert stats.t_cdf(-2.7764451, 4) == pytest.approx(0.025, abs=1e-7)
+
+
+def test_t_interval_of_the_sleep_data_matches_the_textbook():
+    # Student's sleep data (Cushny and Peebles): the paired differences of the two drugs; R's t.test gives
+    # mean 1.58, 95% CI [0.7001142, 2.4598858]; z instead of t or std instead of std / sqrt(n) miss it
+    differences = [1.2, 2.4, 1.3, 1.3, 0.0, 1.0, 1.8, 0.8, 4.6, 1.4]
+    assert stats.t_interval(differences) == pytest.approx([0.7001142, 2.4598858], abs=1e-6)
+    assert stats.t_interval([2.0]) is None
+    result = stats.inference(differences)
+    assert result["n"] == 10 and result["mean"] == pytest.approx(1.58)
+    assert result["sign_test"] == {"positive": 9, "negative": 0, "ties": 1, "p": pytest.approx(2 / 2 ** 9)}
+
+
+def test_sign_test_is_exact_two_sided_with_ties_dropped():
+    assert stats.sign_test([1.0] * 7 + [-0.5])["p"] == pytest.approx(0.0703125)  # 2 * (1 + 8) / 256
+    assert stats.sign_test([-1.0] * 7 + [0.5, 0.0, 0.0]) == {"positive": 1, "negative": 7, "ties": 2,
+                                                             "p": pytest.approx(0.0703125)}
+    assert stats.sign_test([1.0, 1.0, -1.0])["p"] == 1.0
+    assert stats.sign_test([0.0, 0.0])["p"] == 1.0
+
+
+def test_bootstrap_interval_is_of_the_mean_and_reproducible():
+    values = [float(v) for v in np.linspace(-1.0, 3.0, 400)]
+    low, high = stats.bootstrap_interval(values)
+    sem = np.std(values, ddof=1) / np.sqrt(len(values))
+    assert (high - low) / 2 == pytest.approx(1.96 * sem, rel=0.1)  # of the mean, not of the values
+    assert low < np.mean(values) < high
+    assert stats.bootstrap_interval(values) == [low, high]  # fixed RNG seed
+    assert stats.bootstrap_interval([1.0, -1.0, 4.0]) == [-1.0, 4.0]  # each extreme has probability 1/27 > 2.5%
+    assert stats.bootstrap_interval([0.5] * 5) == [0.5, 0.5]

@@ -1,17 +1,20 @@
 #!/usr/bin/env python
 """Does HQOD help? FP vs LSQ vs LSQ + HQOD at W4A4 and W2A2 on deepforest and hqod_shapes (MobileNetV2-FPN
-RetinaNet / FCOS / ATSS), every run a train_net.py subprocess; AP, harmony, paired per-seed differences, speed, plots.
+RetinaNet / FCOS / ATSS), every run a train_net.py subprocess evaluated on val and test; AP, harmony, paired per-seed
+differences with 95% intervals and sign tests, speed, plots.
 
     python tools/benchmark_hqod.py --mode quick   # make bench-quick: RetinaNet on shapes, 2 seeds
     python tools/benchmark_hqod.py --mode full --tqt  # make bench: every detector on both data sets, 3 seeds,
                                                       # TQT W4A4 with and without HQOD too
     python tools/benchmark_hqod.py --mode ablation    # MODEL.HQOD.NORMALIZER detector vs num_pos, LSQ+HQOD W4A4
     python tools/benchmark_hqod.py --mode full --detectors atss --settings lsq_w4a4 lsq_hqod_w4a4 --name atss
+    python tools/benchmark_hqod.py --mode full --tqt --seeds 5    # seeds 1..5 instead of the mode's
 
 Resumable: a run whose output folder holds the final evaluation of the same command is not run again, and the
 runs of a smaller selection are runs of the full mode too. Runs go to output/bench/; results_<name>.json,
-results_<name>.md and the PNGs (<name> defaults to the mode) go to benchmarks/. On a CUDA machine every run gets
-MODEL.DEVICE cuda.
+results_<name>.md and the PNGs (<name> defaults to the mode) go to benchmarks/. The JSON keeps both splits' metrics;
+the report and the figures show ``--report-split`` (test: settings are chosen on val). On a CUDA machine every run
+gets MODEL.DEVICE cuda.
 """
 import argparse
 import dataclasses
@@ -29,19 +32,25 @@ from hqod.evaluation import ground_truth_by_image
 from hqod.utils.io import atomic_write_bytes
 
 from bench import plots, report, speed, store
-from bench.data import write_train_crops, write_val_subset
-from bench.plan import BATCH, CALIB_IMAGES, DATA, FP_SETTING, MODES, build_plan, select
+from bench.data import write_eval_subset, write_train_crops
+from bench.plan import BATCH, CALIB_IMAGES, DATA, FP_SETTING, MODES, SPLITS, build_plan, select
 from bench.runs import describe, execute, is_complete
-from bench.summary import groups, paired
+from bench.summary import summarize
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def bench_sets(spec, data_dir: pathlib.Path) -> dict:
-    """The val subset and (with ``spec.crop``) the training crops: COCO_FORMAT entries (val first) and names."""
-    val_entry, val = write_val_subset(spec.val, spec.val_images, data_dir)
-    train_entry, train = write_train_crops(spec.train, spec.crop, data_dir) if spec.crop else (None, None)
-    return {"entries": [e for e in (val_entry, train_entry) if e], "val": val, "train": train}
+    """The val and test subsets and (with ``spec.crop``) the training crops: COCO_FORMAT ``entries``, the name of
+    each split and of the training set, and ``json``: split -> its COCO json."""
+    sets = {"entries": [], "json": {}}
+    for split in SPLITS:
+        entry, sets[split] = write_eval_subset(getattr(spec, split), getattr(spec, f"{split}_images"), data_dir)
+        sets["entries"].append(entry)
+        sets["json"][split] = entry.split(":")[1]
+    train_entry, sets["train"] = write_train_crops(spec.train, spec.crop, data_dir) if spec.crop else (None, None)
+    sets["entries"] += [train_entry] if train_entry else []
+    return sets
 
 
 def earlier_records(out_dir: pathlib.Path, json_path: pathlib.Path) -> dict:
@@ -61,7 +70,8 @@ def host_info(device: str) -> dict:
 
 def run_all(runs, results, json_path, timeout_s):
     """Run (or reuse) every run in order, saving the results after each; a run whose MODEL.WEIGHTS come from a
-    failed run fails too. ``results["runs"]`` holds the earlier records on entry."""
+    failed run fails too. ``results["runs"]`` holds the earlier records on entry; each record is stamped with
+    ``results["report_split"]``."""
     previous = results["runs"]
     results["runs"] = {}
     failed_outputs = set()
@@ -76,18 +86,19 @@ def run_all(runs, results, json_path, timeout_s):
             record = dict(execute(run, timeout_s), reused=False)
         if record["status"] != "ok":
             failed_outputs.add(f"{run.output_dir}/model_final.pth")
+        record["report_split"] = results["report_split"]
         results["runs"][run.key] = record
         store.save(json_path, results)
         print(f"[{i}/{len(runs)}] {progress_line(record)}", flush=True)
 
 
 def progress_line(record) -> str:
-    """``key: status, AP, Pearson, wall time`` (or the error) of one run."""
+    """``key: status, AP and Pearson per split, wall time`` (or the error) of one run."""
     parts = [f"{record['key']}: {record['status']}"]
-    for name, digits in (("bbox/AP", 1), ("harmony/pearson", 3)):
-        value = record.get("metrics", {}).get(name)
-        if value is not None:
-            parts.append(f"{name.split('/')[1]} {value:.{digits}f}")
+    for split, metrics in record.get("metrics", {}).items():
+        for name, digits in (("bbox/AP", 1), ("harmony/pearson", 3)):
+            if metrics.get(name) is not None:
+                parts.append(f"{split} {name.split('/')[1]} {metrics[name]:.{digits}f}")
     if record.get("wall_s") is not None:
         parts.append(f"{record['wall_s']:.0f} s")
     if record.get("error"):
@@ -95,12 +106,13 @@ def progress_line(record) -> str:
     return ", ".join(parts)
 
 
-def draw(runs, records, summary_groups, data_sets, mode, name, out_dir):
-    """The hexbin figure of each data set and detector (first successful seed) and AP against bits."""
+def draw(runs, records, summary, split, data_sets, mode, name, out_dir):
+    """On ``split`` (``summary``: that split's "groups", "paired" and "pooled"): the hexbin figure of each data set
+    and detector (first successful seed), AP against bits and the paired differences."""
     figures, combos = [], []
     for dataset in mode.datasets:
-        val = data_sets[dataset]["val"]
-        gt = ground_truth_by_image(data_sets[dataset]["entries"][0].split(":")[1])
+        test_set = data_sets[dataset][split]
+        gt = ground_truth_by_image(data_sets[dataset]["json"][split])
         for detector in mode.detectors:
             first = {}
             for run in runs:
@@ -108,17 +120,20 @@ def draw(runs, records, summary_groups, data_sets, mode, name, out_dir):
                 if (run.dataset, run.detector) == (dataset, detector) and rec.get("status") == "ok":
                     first.setdefault(run.setting, run)
             panels = [(plots.label(s) + ("" if s == FP_SETTING else f", seed {first[s].seed}"),
-                       pathlib.Path(first[s].output_dir) / "inference" / val /
+                       pathlib.Path(first[s].output_dir) / "inference" / test_set /
                        "coco_instances_results.json") for s in (FP_SETTING,) + mode.settings if s in first]
             if panels:
                 figure = f"{name}_hexbin_{dataset}_{detector}.png"
                 plots.hexbins(out_dir / figure, panels, gt, f"{dataset} / {detector}: score vs IoU on "
-                              f"{val} (true positives and misclassified)")
+                              f"{test_set} (true positives and misclassified)")
                 figures.append(figure)
             combos.append((dataset, detector, [r for r in records.values()
                                                if (r["dataset"], r["detector"]) == (dataset, detector)]))
-    figure = f"{name}_ap_vs_bits.png"
-    plots.ap_vs_bits(out_dir / figure, summary_groups, combos)
+    figure, differences = f"{name}_ap_vs_bits.png", f"{name}_paired_differences.png"
+    plots.ap_vs_bits(out_dir / figure, summary["groups"], combos, split)
+    if summary["paired"]:
+        plots.paired_differences(out_dir / differences, summary, split)
+        figures.insert(0, differences)
     return [figure] + figures
 
 
@@ -129,6 +144,9 @@ def main():
     parser.add_argument("--detectors", nargs="+", help="these dense detectors (hqod's table names), not the mode's")
     parser.add_argument("--datasets", nargs="+", help="these data sets (shapes, deepforest), not the mode's")
     parser.add_argument("--settings", nargs="+", help="these QAT settings instead of the mode's, e.g. lsq_w4a4")
+    parser.add_argument("--seeds", type=int, help="seeds 1 to N of every QAT setting (default: the mode's)")
+    parser.add_argument("--report-split", choices=SPLITS[::-1], default="test",
+                        help="the split the report and figures show (every run is evaluated on both)")
     parser.add_argument("--name", help="results_<name>.json / .md and <name>_*.png (default: the mode's name)")
     parser.add_argument("--runs-dir", default="output/bench", help="train_net.py outputs (shared by the modes)")
     parser.add_argument("--out-dir", default="benchmarks", help="results JSON, markdown and PNGs")
@@ -140,7 +158,7 @@ def main():
     os.chdir(ROOT)
     started, start = datetime.datetime.now().isoformat(timespec="seconds"), time.monotonic()
     try:
-        mode = select(MODES[args.mode], args.detectors, args.datasets, args.settings)
+        mode = select(MODES[args.mode], args.detectors, args.datasets, args.settings, args.seeds)
     except ValueError as e:
         parser.error(str(e))
     name = args.name or mode.name
@@ -155,7 +173,7 @@ def main():
             print(shlex.join(["python", "train_net.py", "--config-file", run.config, *run.opts]))
         return
     data = {d: dataclasses.asdict(DATA[d]) for d in mode.datasets}
-    results = {"schema": 1, "mode": mode.name, "name": name, "started": started, "host": host_info(device),
+    results = {"schema": 2, "mode": mode.name, "report_split": args.report_split, "name": name, "started": started, "host": host_info(device),
                "json": str(json_path), "command": shlex.join(["python", "tools/benchmark_hqod.py", *sys.argv[1:]]),
                "plan": {"mode": dataclasses.asdict(mode), "data": data, "batch": BATCH, "calib_images": CALIB_IMAGES,
                         "tqt": args.tqt},
@@ -166,8 +184,9 @@ def main():
         results["speed"] = speed.measure(runs, mode.speed_iters, 2, args.run_timeout)
     records = list(results["runs"].values())
     settings = tuple(dict.fromkeys(r.setting for r in runs if r.evaluates and not r.is_fp))
-    results["summary"] = {"groups": groups(records), "paired": paired(records, settings)}
-    figures = draw(runs, results["runs"], results["summary"]["groups"], data_sets, mode, name, out_dir)
+    results["summary"] = summarize(records, settings)
+    figures = draw(runs, results["runs"], results["summary"][args.report_split], args.report_split, data_sets, mode,
+                   name, out_dir)
     results["host"]["load_after"] = [round(v, 2) for v in os.getloadavg()]
     results["wall_s"] = time.monotonic() - start
     results["runs_wall_s"] = sum(r.get("wall_s") or 0 for r in records)

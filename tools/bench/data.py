@@ -1,5 +1,5 @@
-"""The bench's data: the first N validation images as a COCO json, and fixed training crops of a one-class set (every
-crop holds boxes, which Detectron2 v0.6's FCOS needs)."""
+"""The bench's data: the first N images of a val or test set as a COCO json, and fixed training crops of a one-class
+set (every crop holds boxes, which Detectron2 v0.6's FCOS needs)."""
 import json
 import pathlib
 
@@ -15,16 +15,16 @@ from hqod.data.deepforest import clip_to_tile, tile_origins
 from hqod.utils.io import atomic_write_bytes
 
 
-def write_val_subset(val: str, num_images: int, out_dir: pathlib.Path):
-    """Write the first ``num_images`` images (by id) of registered set ``val`` with their boxes; return the
-    DATASETS.COCO_FORMAT entry and the name it registers (``bench_<val>``)."""
-    validate_dataset(val)  # builds the cached set on first use
-    meta = MetadataCatalog.get(val)
+def write_eval_subset(source: str, num_images: int, out_dir: pathlib.Path):
+    """Write the first ``num_images`` images (by id) of registered set ``source`` with their boxes; return the
+    DATASETS.COCO_FORMAT entry and the name it registers (``bench_<source>``)."""
+    validate_dataset(source)  # builds the cached set on first use
+    meta = MetadataCatalog.get(source)
     coco = json.loads(pathlib.Path(meta.json_file).read_text())
     keep = {img["id"] for img in sorted(coco["images"], key=lambda img: img["id"])[:num_images]}
     coco["images"] = [img for img in coco["images"] if img["id"] in keep]
     coco["annotations"] = [a for a in coco["annotations"] if a["image_id"] in keep]
-    name = f"bench_{val}"
+    name = f"bench_{source}"
     path = out_dir / f"{name}.json"
     atomic_write_bytes(path, json.dumps(coco).encode())
     return f"{name}:{path}:{meta.image_root}", name

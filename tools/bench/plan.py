@@ -30,10 +30,13 @@ CALIB_IMAGES = 16  # training images the calibration run observes
 
 @dataclass(frozen=True)
 class DataSpec:
-    """A data set as the bench uses it: registered sets, val images, input sizes and the schedules."""
+    """A data set as the bench uses it: registered sets, val and test images, input sizes and the schedules. Every
+    run is evaluated on both the val and the test subset; settings are chosen on val, the report shows test."""
     train: str
     val: str
     val_images: int  # the first N images of ``val`` (by id) are evaluated
+    test: str
+    test_images: int  # the first N images of ``test`` (by id) are evaluated
     train_size: int  # shorter = longer side while training (after the crop, if any)
     test_size: int
     crop: int  # train on fixed square crops of this size cut from the training images (bench.data), 0: whole images
@@ -43,11 +46,13 @@ class DataSpec:
 
 
 DATA = {
-    "shapes": DataSpec("hqod_shapes_train", "hqod_shapes_val", val_images=100, train_size=192, test_size=192, crop=0,
-                       fp_iters=1200, qat_iters=150),
-    "deepforest": DataSpec("deepforest_train", "deepforest_val", val_images=13, train_size=256, test_size=400,
-                           crop=256, fp_iters=1000, qat_iters=80, fp_lr=0.005),  # 155 crops of the 43 tiles
+    "shapes": DataSpec("hqod_shapes_train", "hqod_shapes_val", val_images=100, test="hqod_shapes_test",
+                       test_images=200, train_size=192, test_size=192, crop=0, fp_iters=1200, qat_iters=150),
+    "deepforest": DataSpec("deepforest_train", "deepforest_val", val_images=13, test="deepforest_test", test_images=6,
+                           train_size=256, test_size=400, crop=256, fp_iters=1000, qat_iters=80,
+                           fp_lr=0.005),  # 155 crops of the 43 tiles; val and test: all their tiles (7 and 6)
 }
+SPLITS = ("val", "test")  # every evaluating run is evaluated on both, in this order (DATASETS.TEST)
 
 
 @dataclass(frozen=True)
@@ -83,7 +88,11 @@ class Run:
     opts: tuple
     output_dir: str
     max_iter: int
-    evaluates: bool = True
+    splits: tuple = ()  # ((split, registered test set), ...) it is evaluated on at its end; () for none
+
+    @property
+    def evaluates(self) -> bool:
+        return bool(self.splits)
 
     @property
     def key(self) -> str:
@@ -134,14 +143,18 @@ def pairs(settings):
     return result
 
 
-def select(mode: Mode, detectors=None, datasets=None, settings=None) -> Mode:
-    """``mode`` restricted to some of its detectors and data sets, or with other QAT settings (None: the mode's)."""
+def select(mode: Mode, detectors=None, datasets=None, settings=None, seeds=None) -> Mode:
+    """``mode`` restricted to some of its detectors and data sets, or with other QAT settings, or with seeds 1 to
+    ``seeds`` (None: the mode's)."""
+    if seeds is not None and seeds < 1:
+        raise ValueError(f"--seeds {seeds}: give 1 or more seeds")
     for name, chosen, known in (("detector", detectors, DENSE_DETECTORS), ("data set", datasets, DATA)):
         unknown = [c for c in chosen or () if c not in known]
         if unknown:
             raise ValueError(f"unknown {name} {', '.join(unknown)}: use {', '.join(known)}")
     return Mode(mode.name, datasets=tuple(datasets or mode.datasets), detectors=tuple(detectors or mode.detectors),
-                seeds=mode.seeds, settings=tuple(settings or mode.settings), speed_iters=mode.speed_iters)
+                seeds=tuple(range(1, seeds + 1)) if seeds else mode.seeds, settings=tuple(settings or mode.settings),
+                speed_iters=mode.speed_iters)
 
 
 def schedule_opts(iters: int, warmup_fraction: float, steps: tuple) -> list:
@@ -152,10 +165,11 @@ def schedule_opts(iters: int, warmup_fraction: float, steps: tuple) -> list:
 
 
 def data_opts(spec: DataSpec, sets: dict) -> list:
-    """Input sizes and the bench's own data sets (``sets``: COCO_FORMAT ``entries``, ``train`` or None, ``val``)."""
+    """Input sizes and the bench's own data sets (``sets``: COCO_FORMAT ``entries``, ``train`` or None, and the
+    registered name of each of ``SPLITS``)."""
     opts = ["INPUT.MIN_SIZE_TRAIN", f"({spec.train_size},)", "INPUT.MAX_SIZE_TRAIN", str(spec.train_size),
             "INPUT.MIN_SIZE_TEST", str(spec.test_size), "INPUT.MAX_SIZE_TEST", str(spec.test_size),
-            "DATASETS.COCO_FORMAT", repr(sets["entries"]), "DATASETS.TEST", repr((sets["val"],))]
+            "DATASETS.COCO_FORMAT", repr(sets["entries"]), "DATASETS.TEST", repr(tuple(sets[s] for s in SPLITS))]
     if sets["train"]:
         opts += ["DATASETS.TRAIN", repr((sets["train"],))]
     return opts
@@ -168,6 +182,7 @@ def build_plan(mode: Mode, root: str, device: str, data_sets: dict, tqt: bool = 
     runs = []
     for dataset in mode.datasets:
         spec = DATA[dataset]
+        splits = tuple((s, data_sets[dataset][s]) for s in SPLITS)
         common = ["MODEL.DEVICE", device, "DATALOADER.NUM_WORKERS", "0", "TEST.EVAL_PERIOD", "0",
                   "SOLVER.IMS_PER_BATCH", str(BATCH), *CLIP_OPTS] + data_opts(spec, data_sets[dataset])
         for detector in mode.detectors:
@@ -176,7 +191,7 @@ def build_plan(mode: Mode, root: str, device: str, data_sets: dict, tqt: bool = 
             fp_lr = ["SOLVER.BASE_LR", str(spec.fp_lr)] if spec.fp_lr else []
             runs.append(Run(dataset, detector, FP_SETTING, 0, FP_CONFIGS[dataset].format(detector),
                             tuple(common + schedule_opts(spec.fp_iters, 0.1, (0.75, 0.9)) + fp_lr
-                                  + ["SEED", "0", "OUTPUT_DIR", fp_dir]), fp_dir, spec.fp_iters))
+                                  + ["SEED", "0", "OUTPUT_DIR", fp_dir]), fp_dir, spec.fp_iters, splits))
             calibrated = {}
             for base in dict.fromkeys(baseline_of(s) for s in settings):
                 out = f"{base_dir}/calib_{base}"
@@ -186,7 +201,7 @@ def build_plan(mode: Mode, root: str, device: str, data_sets: dict, tqt: bool = 
                                                 "SOLVER.CHECKPOINT_PERIOD", "1", "DATASETS.TEST", "()",
                                                 "MODEL.WEIGHTS", f"{fp_dir}/model_final.pth",
                                                 "MODEL.QUANT.CALIB_IMAGES", str(CALIB_IMAGES), "SEED", "0",
-                                                "OUTPUT_DIR", out]), out, 1, evaluates=False))
+                                                "OUTPUT_DIR", out]), out, 1))
             for seed in mode.seeds:
                 for setting in settings:
                     out = f"{base_dir}/{setting}/seed{seed}"
@@ -196,7 +211,7 @@ def build_plan(mode: Mode, root: str, device: str, data_sets: dict, tqt: bool = 
                         "MODEL.QUANT.CALIB_IMAGES", str(CALIB_IMAGES), "SEED", str(seed), "OUTPUT_DIR", out]
                     opts += list(VARIANTS[variant]) if variant else []
                     runs.append(Run(dataset, detector, setting, seed, qat_config(dataset, detector, plain),
-                                    tuple(opts), out, spec.qat_iters))
+                                    tuple(opts), out, spec.qat_iters, splits))
     return runs
 
 

@@ -1,5 +1,6 @@
 """The bench figures (PNG, matplotlib Agg): score-vs-IoU hexbins side by side (FP, LSQ, LSQ + HQOD) from the
-COCO evaluator's detections, and AP against bit width with the spread over seeds."""
+COCO evaluator's detections, AP against bit width with the spread over seeds and the FP level, and the paired
+HQOD − baseline differences with their 95% intervals."""
 import io
 import json
 import pathlib
@@ -73,32 +74,62 @@ def hexbins(path: pathlib.Path, panels, gt: dict, title: str) -> None:
     _save(fig, path)
 
 
-def ap_vs_bits(path: pathlib.Path, groups: dict, combos, baselines=("lsq",)) -> None:
-    """AP at 32 / 4 / 2 bits for each baseline with and without HQOD; error bars: std over seeds, dots: seeds."""
+def ap_vs_bits(path: pathlib.Path, groups: dict, combos, split: str, baselines=("lsq", "tqt")) -> None:
+    """AP on ``split`` at W4A4 and W2A2 of each baseline with and without HQOD (error bars: std over seeds, grey
+    dots: seeds), the FP model's AP a dashed line, one panel per data set and detector."""
     fig, axes = plt.subplots(1, len(combos), figsize=(3.2 * len(combos), 2.9), dpi=80, squeeze=False)
+    algos = [f"{b}{suffix}" for b in baselines for suffix in ("", "_hqod")]
     for ax, (dataset, detector, records) in zip(axes[0], combos):
         fp = groups.get(f"{dataset}/{detector}/{FP_SETTING}", {}).get("bbox/AP", {}).get("mean")
-        for offset, algo in enumerate(f"{b}{suffix}" for b in baselines for suffix in ("", "_hqod")):
-            xs, means, stds = [0], [fp], [0.0]
-            for i, bits in enumerate((4, 2), start=1):
-                g = groups.get(f"{dataset}/{detector}/{algo}_w{bits}a{bits}", {}).get("bbox/AP", {})
-                xs.append(i)
-                means.append(g.get("mean"))
-                stds.append(g.get("std") or 0.0)
-            shift = (offset - 0.5) * 0.08
-            valid = [(x + shift, m, s) for x, m, s in zip(xs, means, stds) if m is not None]
-            if valid:
-                x, m, s = map(list, zip(*valid))
-                ax.errorbar(x, m, yerr=s, marker="o", capsize=3, label=algo.upper().replace("_", "+"))
-            seeds = [(bits_of(r["setting"]), r["metrics"]["bbox/AP"]) for r in records
+        if fp is not None:
+            ax.axhline(fp, color="black", linestyle="--", linewidth=1, label=f"FP32 ({fp:.1f})")
+        for offset, algo in enumerate(algos):
+            shift = (offset - (len(algos) - 1) / 2) * 0.06
+            points = [(i + shift, g["mean"], g["std"] or 0.0) for i, bits in enumerate((4, 2)) for g in
+                      [groups.get(f"{dataset}/{detector}/{algo}_w{bits}a{bits}", {}).get("bbox/AP", {})]
+                      if g.get("mean") is not None]
+            if not points:
+                continue
+            x, m, s = map(list, zip(*points))
+            ax.errorbar(x, m, yerr=s, marker="o", capsize=3, label=algo.upper().replace("_", "+"))
+            seeds = [(0 if bits_of(r["setting"]) == 4 else 1, r["metrics"][split]["bbox/AP"]) for r in records
                      if r["status"] == "ok" and r["setting"] in (f"{algo}_w4a4", f"{algo}_w2a2")]
-            ax.scatter([(0 if b == 32 else 1 if b == 4 else 2) + shift for b, _ in seeds], [a for _, a in seeds],
-                       s=8, color="grey", zorder=3)
-        ax.set_xticks([0, 1, 2], ["FP32", "W4A4", "W2A2"])
-        ax.set_ylabel("box AP")
+            ax.scatter([b + shift for b, _ in seeds], [a for _, a in seeds], s=8, color="grey", zorder=3)
+        ax.set_xticks([0, 1], ["W4A4", "W2A2"])
+        ax.set_xlim(-0.5, 1.5)
+        ax.set_ylabel(f"box AP ({split})")
         ax.set_title(f"{dataset} / {detector}", fontsize=9)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def paired_differences(path: pathlib.Path, summary: dict, split: str) -> None:
+    """HQOD − baseline per data set / detector and pooled (``summary``: one split's "paired" and "pooled"): mean
+    ΔAP and ΔPearson with their 95% t intervals as error bars (pooled ones red), the seeds' differences as grey dots,
+    a line at 0."""
+    rows = [(f"{p['dataset']} / {p['detector']}: {label(p['hqod'])} − {label(p['baseline'])}", p, [p], "tab:blue")
+            for p in summary["paired"]]
+    rows += [(f"pooled: {label(p['hqod'])} − {label(p['baseline'])}", p,
+              [m for m in summary["paired"] if (m["baseline"], m["hqod"]) == (p["baseline"], p["hqod"])], "tab:red")
+             for p in summary["pooled"]]
+    fig, axes = plt.subplots(1, 2, figsize=(9, 1.0 + 0.3 * max(1, len(rows))), dpi=80, sharey=True)
+    for ax, metric, name in zip(axes, ("bbox/AP", "harmony/pearson"), ("ΔAP", "ΔPearson")):
+        ax.axvline(0, color="black", linewidth=1)
+        for y, (_, entry, members, color) in enumerate(rows):
+            result = entry[metric]["inference"]
+            if result["mean"] is None:
+                continue
+            low, high = result["t_ci95"] or (result["mean"],) * 2
+            ax.errorbar([result["mean"]], [y], xerr=[[result["mean"] - low], [high - result["mean"]]], fmt="o",
+                        capsize=3, color=color)
+            seeds = [d for m in members for d in m[metric]["per_seed"] if d is not None]
+            ax.scatter(seeds, [y] * len(seeds), s=8, color="grey", zorder=3)
+        ax.set_xlabel(f"{name} ({split}), mean and 95% t interval", fontsize=8)
+        ax.tick_params(labelsize=7)
+    axes[0].set_yticks(range(len(rows)), [row[0] for row in rows])
+    axes[0].invert_yaxis()
     fig.tight_layout()
     _save(fig, path)
 

@@ -1,6 +1,8 @@
-"""The bench's markdown report: settings, AP and harmony per setting, paired HQOD − baseline differences,
-per-run timings, the speed comparison and the figures, rendered from the results dict."""
-from .plan import FP_SETTING, bits_of
+"""The bench's markdown report: settings, AP and harmony per setting, paired HQOD − baseline differences with
+their 95% intervals and sign tests, per-run timings, the speed comparison and the figures, rendered from the results
+dict. Metrics are those of the report split (``results["report_split"]``, test by default), with the other split's
+AP beside them."""
+from .plan import FP_SETTING, SPLITS, bits_of
 from .plots import label
 
 
@@ -13,6 +15,10 @@ def _pm(entry, digits=1) -> str:
 
 def _num(value, digits=1) -> str:
     return "–" if value is None else f"{value:.{digits}f}"
+
+
+def _interval(bounds, digits) -> str:
+    return "–" if bounds is None else f"[{bounds[0]:+.{digits}f}, {bounds[1]:+.{digits}f}]"
 
 
 def _table(columns, rows) -> list:
@@ -31,11 +37,11 @@ def _settings_table(results) -> list:
         if not c or (record["dataset"], record["detector"], kind) in seen:
             continue
         seen.add((record["dataset"], record["detector"], kind))
-        rows.append([f"{record['dataset']} / {record['detector']}", kind, c["train_sets"][0], c["test_sets"][0],
+        rows.append([f"{record['dataset']} / {record['detector']}", kind, c["train_sets"][0], ", ".join(c["test_sets"]),
                      f"{c['min_size_train'][0]} / {c['min_size_test']}", c["ims_per_batch"], c["max_iter"],
                      f"{c['base_lr']:g}", f"{c['warmup_iters']} ({c['warmup_factor']:g})",
                      ", ".join(map(str, c["steps"])), c.get("calib_images", "–")])
-    lines = _table(["data set / detector", "run", "train set", "test set", "train / test size", "batch", "iters", "LR",
+    lines = _table(["data set / detector", "run", "train set", "evaluated on", "train / test size", "batch", "iters", "LR",
                     "warm-up (factor)", "LR steps", "calib images"], rows)
     configs = [r["config"] for r in results["runs"].values() if r.get("config")]
     if configs:
@@ -47,31 +53,62 @@ def _settings_table(results) -> list:
     return lines
 
 
+def _other_split(results) -> str:
+    return next(s for s in SPLITS if s != results["report_split"])
+
+
 def _results_table(results) -> list:
+    split, other = results["report_split"], _other_split(results)
+    other_groups = results["summary"][other]["groups"]
     rows = []
-    for name, g in results["summary"]["groups"].items():
+    for name, g in results["summary"][split]["groups"].items():
         dataset, detector, setting = name.split("/")
         if setting.startswith("calib_"):
             continue
         failed = f" ({len(g['failed'])} failed)" if g["failed"] else ""
         rows.append([f"{dataset} / {detector}", label(setting), f"{len(g['seeds'])}{failed}", _pm(g["bbox/AP"]),
                      _pm(g["bbox/AP50"]), _pm(g["bbox/AP75"]), _pm(g["harmony/pearson"], digits=3),
-                     _pm(g["harmony/spearman"], digits=3)])
-    return _table(["data set / detector", "setting", "seeds", "AP", "AP50", "AP75", "Pearson", "Spearman"], rows)
+                     _pm(g["harmony/spearman"], digits=3), _pm(other_groups[name]["bbox/AP"])])
+    return _table(["data set / detector", "setting", "seeds", "AP", "AP50", "AP75", "Pearson", "Spearman",
+                   f"AP ({other})"], rows)
 
 
 def _paired_table(results) -> list:
+    split, other = results["report_split"], _other_split(results)
+    other_paired = {(p["dataset"], p["detector"], p["hqod"]): p for p in results["summary"][other]["paired"]}
     rows = [[f"{p['dataset']} / {p['detector']}", f"{label(p['hqod'])} − {label(p['baseline'])}",
              ", ".join(_num(d) for d in p["bbox/AP"]["per_seed"]), _pm(p["bbox/AP"]), _pm(p["bbox/AP50"]),
              _pm(p["bbox/AP75"]), _pm(p["harmony/pearson"], digits=3),
-             f"{p['bbox/AP']['positive']} / {p['bbox/AP']['n']}"] for p in results["summary"]["paired"]]
+             f"{p['bbox/AP']['positive']} / {p['bbox/AP']['n']}",
+             _pm(other_paired.get((p["dataset"], p["detector"], p["hqod"]), {}).get("bbox/AP"))]
+            for p in results["summary"][split]["paired"]]
     return _table(["data set / detector", "compared − reference", "ΔAP per seed", "ΔAP", "ΔAP50", "ΔAP75", "ΔPearson",
-                   "seeds with ΔAP > 0"], rows)
+                   "seeds with ΔAP > 0", f"ΔAP ({other})"], rows)
+
+
+def _inference_cells(result, digits) -> list:
+    """Mean, t interval, bootstrap interval and sign test (``+ / − / 0, p``) of one ``stats.inference``."""
+    sign = result["sign_test"]
+    mean = "–" if result["mean"] is None else f"{result['mean']:+.{digits}f}"
+    return [mean, _interval(result["t_ci95"], digits), _interval(result["bootstrap_ci95"], digits),
+            f"{sign['positive']} / {sign['negative']} / {sign['ties']}, p = {sign['p']:.3g}"]
+
+
+def _statistics_table(results) -> list:
+    summary = results["summary"][results["report_split"]]
+    scoped = [(f"{p['dataset']} / {p['detector']}", p) for p in summary["paired"]]
+    scoped += [(f"pooled ({len(p['combos'])} data set / detector)", p) for p in summary["pooled"]]
+    rows = [[scope, f"{label(p['hqod'])} − {label(p['baseline'])}", p["bbox/AP"]["inference"]["n"]]
+            + _inference_cells(p["bbox/AP"]["inference"], 2) + _inference_cells(p["harmony/pearson"]["inference"], 3)
+            for scope, p in scoped]
+    return _table(["scope", "compared − reference", "pairs", "ΔAP", "95% t", "95% bootstrap",
+                   "sign test ΔAP (+ / − / 0, p)", "ΔPearson", "95% t", "95% bootstrap",
+                   "sign test ΔPearson (+ / − / 0, p)"], rows)
 
 
 def _timing_table(results) -> list:
     rows = []
-    for name, g in results["summary"]["groups"].items():
+    for name, g in results["summary"][results["report_split"]]["groups"].items():
         dataset, detector, setting = name.split("/")
         t = g["timing"]
         rows.append([f"{dataset} / {detector}", label(setting), t["wall_s"]["n"], _pm(t["wall_s"], digits=0),
@@ -107,6 +144,7 @@ def _speed_lines(speed) -> list:
 def render(results, figures) -> str:
     """The whole report as markdown; ``figures`` are paths relative to the report's folder."""
     host = results["host"]
+    split, other = results["report_split"], _other_split(results)
     failed = [r for r in results["runs"].values() if r["status"] != "ok"]
     reused = sum(1 for r in results["runs"].values() if r.get("reused"))
     lines = [f"# HQOD bench, {results['mode']} mode", "",
@@ -115,10 +153,19 @@ def render(results, figures) -> str:
              f"{host['load_before']} before, {host['load_after']} after. {len(results['runs'])} runs, "
              f"{reused} of them done by an earlier invocation (their times are from then), "
              f"{results['runs_wall_s'] / 60:.1f} min of run time in all. Results: `{results['json']}`.", "",
+             f"Every run is evaluated on its data set's val and test subsets; **the tables and figures show the "
+             f"{split} split**, the {other} split's AP is beside them (settings are chosen on val, reported on "
+             f"test); both splits' metrics are in the JSON.", "",
              "## Settings", ""] + _settings_table(results)
-    lines += ["", "## AP and harmony (mean ± std over seeds; FP: one run)", ""] + _results_table(results)
-    lines += ["", "## Paired difference, same seed (HQOD − baseline; a variant − its setting)", ""]
+    lines += ["", f"## AP and harmony on {split} (mean ± std over seeds; FP: one run)", ""] + _results_table(results)
+    lines += ["", f"## Paired difference on {split}, same seed (HQOD − baseline; a variant − its setting)", ""]
     lines += _paired_table(results)
+    lines += ["", f"## Statistics of the paired differences on {split}", "",
+              "Mean difference with its 95% Student t interval and its paired bootstrap 95% percentile interval "
+              "(10000 resamples of the seeds' differences, fixed RNG seed), and the exact two-sided sign test "
+              "(ties dropped); pooled: every data set, detector and seed of the comparison together. The seeds "
+              "of a pair share the FP and calibrated checkpoints, so the intervals are conditional on them.", ""]
+    lines += _statistics_table(results)
     lines += ["", "## Time and memory per run", ""] + _timing_table(results)
     lines += ["", "## Speed", ""] + _speed_lines(results.get("speed"))
     if failed:

@@ -1,6 +1,6 @@
 """Run one train_net.py subprocess of the plan (or find it already done) and turn its outputs into a record:
-final AP, harmony, seconds per iteration and calibration seconds from metrics.json, training and evaluation
-seconds from log.txt, peak RSS from the child's rusage."""
+final AP and harmony per split (val, test), seconds per iteration and calibration seconds from metrics.json,
+training and evaluation seconds from log.txt, peak RSS from the child's rusage."""
 import datetime
 import json
 import math
@@ -26,12 +26,14 @@ def command(run) -> list:
 
 
 def final_evaluation(run):
-    """The evaluation metrics.json holds for the last iteration of ``run``, or None."""
+    """The evaluation metrics.json holds for the last iteration of ``run`` on every one of its splits (Detectron2
+    keys the metrics of several test sets ``<test set>/bbox/AP``), or None."""
     path = pathlib.Path(run.output_dir) / "metrics.json"
-    if not path.is_file():
+    if not run.evaluates or not path.is_file():
         return None
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    finals = [r for r in rows if "bbox/AP" in r and r.get("iteration", -1) >= run.max_iter - 1]
+    finals = [r for r in rows if r.get("iteration", -1) >= run.max_iter - 1
+              and all(f"{name}/bbox/AP" in r for _, name in run.splits)]
     return finals[-1] if finals else None
 
 
@@ -104,16 +106,19 @@ def _error_line(path: pathlib.Path, rc) -> str:
 
 
 def describe(run) -> dict:
-    """The record of a run from its output folder: metrics of its final evaluation and its timings."""
+    """The record of a run from its output folder: the test set of each split (``splits``), the metrics of its
+    final evaluation per split (``metrics``: split -> ``bbox/AP``, ... ``harmony/pearson``, ...) and its timings."""
     record = {"key": run.key, "dataset": run.dataset, "detector": run.detector, "setting": run.setting,
-              "seed": run.seed, "output_dir": run.output_dir, "status": "ok"}
+              "seed": run.seed, "output_dir": run.output_dir, "status": "ok", "splits": dict(run.splits)}
     final = final_evaluation(run) or {}
-    record["metrics"] = {k: v for k, v in final.items() if k.startswith(("bbox/", "harmony/"))}
+    record["metrics"] = {split: {k[len(name) + 1:]: v for k, v in final.items()
+                                 if k.startswith((f"{name}/bbox/", f"{name}/harmony/"))}
+                         for split, name in run.splits} if final else {}
     record.update(_timings(run))
     record["config"] = effective_config(pathlib.Path(run.output_dir) / "config.yaml")
-    ap = record["metrics"].get("bbox/AP")
-    if run.evaluates and final and (ap is None or math.isnan(ap)):
-        record.update(status="failed", error="no detections (AP is NaN)")
+    empty = [split for split, metrics in record["metrics"].items() if math.isnan(metrics["bbox/AP"])]
+    if empty:
+        record.update(status="failed", error=f"no detections on {', '.join(empty)} (AP is NaN)")
     return record
 
 
@@ -142,7 +147,8 @@ def effective_config(path: pathlib.Path) -> dict:
 def _timings(run) -> dict:
     """From metrics.json: seconds per training iteration (median of ``time``) and calibration seconds
     (``quant/calib_seconds``, 0 when the run did not calibrate); from log.txt's timestamps (1 s resolution): training
-    seconds (from the start of training to the first inference, less the calibration) and evaluation seconds."""
+    seconds (from the start of training to the first inference, less the calibration) and evaluation seconds (every
+    split)."""
     out = pathlib.Path(run.output_dir)
     result = {}
     metrics = out / "metrics.json"

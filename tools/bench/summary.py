@@ -1,10 +1,13 @@
-"""Mean ± std over seeds per setting, and the paired per-seed difference HQOD − baseline (or variant − setting)."""
+"""Per split (val, test): mean ± std over seeds per setting, and the paired per-seed difference HQOD − baseline (or
+variant − setting) with its 95% intervals and sign test, per data set and detector and pooled over them."""
 import math
 import statistics
 
-from .plan import pairs
+from .plan import SPLITS, pairs
+from .stats import inference
 
 METRICS = ("bbox/AP", "bbox/AP50", "bbox/AP75", "harmony/pearson", "harmony/spearman")
+INFERENCE_METRICS = ("bbox/AP", "harmony/pearson")  # paired differences with intervals and sign test
 TIMINGS = ("wall_s", "s_per_iter", "calib_s", "train_s", "eval_s", "peak_rss_mb")
 
 
@@ -21,8 +24,22 @@ def spread(values) -> dict:
             "std": statistics.stdev(values) if len(values) > 1 else 0.0, "min": min(values), "max": max(values)}
 
 
-def groups(records) -> dict:
-    """``"dataset/detector/setting" -> {"seeds", "failed", metric -> spread, "timing" -> {name -> spread}}``."""
+def _metrics(record, split) -> dict:
+    return record.get("metrics", {}).get(split, {})
+
+
+def summarize(records, settings) -> dict:
+    """The summary of every split: ``split -> {"groups", "paired", "pooled"}``."""
+    result = {}
+    for split in SPLITS:
+        pairs_of_split = paired(records, settings, split)
+        result[split] = {"groups": groups(records, split), "paired": pairs_of_split, "pooled": pooled(pairs_of_split)}
+    return result
+
+
+def groups(records, split) -> dict:
+    """``"dataset/detector/setting" -> {"seeds", "failed", metric -> spread, "timing" -> {name -> spread}}``, metrics
+    of ``split``."""
     by_group = {}
     for record in records:
         by_group.setdefault(f"{record['dataset']}/{record['detector']}/{record['setting']}", []).append(record)
@@ -31,17 +48,19 @@ def groups(records) -> dict:
         ok = [r for r in members if r["status"] == "ok"]
         entry = {"seeds": [r["seed"] for r in ok], "failed": {r["key"]: r.get("error") for r in members
                                                               if r["status"] != "ok"}}
-        entry.update({m: spread([r["metrics"].get(m) for r in ok]) for m in METRICS})
+        entry.update({m: spread([_metrics(r, split).get(m) for r in ok]) for m in METRICS})
         entry["timing"] = {t: spread([r.get(t) for r in members]) for t in TIMINGS}
         result[name] = entry
     return result
 
 
-def paired(records, settings) -> list:
+def paired(records, settings, split) -> list:
     """Per data set, detector and (baseline, HQOD) pair of ``plan.pairs`` (stored as "baseline" and "hqod"; for a
-    variant: the setting and its variant): the difference HQOD − baseline of every metric, seed by seed (seeds where
-    both runs succeeded), with its spread and how many seeds are positive."""
-    ok = {(r["dataset"], r["detector"], r["setting"], r["seed"]): r["metrics"] for r in records if r["status"] == "ok"}
+    variant: the setting and its variant): the difference HQOD − baseline of every metric on ``split``, seed by seed
+    (seeds where both runs succeeded), with its spread and how many seeds are positive; for ``INFERENCE_METRICS``
+    also its ``inference`` (intervals, sign test)."""
+    ok = {(r["dataset"], r["detector"], r["setting"], r["seed"]): _metrics(r, split) for r in records
+          if r["status"] == "ok"}
     combos = sorted({(d, det) for d, det, _, _ in ok})
     result = []
     for dataset, detector in combos:
@@ -55,7 +74,23 @@ def paired(records, settings) -> list:
                 diffs = [_diff(ok[dataset, detector, hqod, s].get(m), ok[dataset, detector, base, s].get(m))
                          for s in seeds]
                 entry[m] = dict(spread(diffs), per_seed=diffs, positive=sum(1 for d in _finite(diffs) if d > 0))
+                if m in INFERENCE_METRICS:
+                    entry[m]["inference"] = inference(_finite(diffs))
             result.append(entry)
+    return result
+
+
+def pooled(paired_entries) -> list:
+    """Per (baseline, HQOD) pair: the ``INFERENCE_METRICS`` differences of every data set, detector and seed
+    together (``combos``: the data set / detector pairs pooled), with their spread and ``inference``."""
+    result = []
+    for base, hqod in dict.fromkeys((p["baseline"], p["hqod"]) for p in paired_entries):
+        members = [p for p in paired_entries if (p["baseline"], p["hqod"]) == (base, hqod)]
+        entry = {"baseline": base, "hqod": hqod, "combos": [f"{p['dataset']}/{p['detector']}" for p in members]}
+        for m in INFERENCE_METRICS:
+            diffs = _finite(d for p in members for d in p[m]["per_seed"])
+            entry[m] = dict(spread(diffs), positive=sum(1 for d in diffs if d > 0), inference=inference(diffs))
+        result.append(entry)
     return result
 
 
