@@ -58,8 +58,9 @@ quickstart-qat: setup
 	$(PY) tools/compare_runs.py $(QUICKSTART_OUT) output/shapes/retinanet_MNV2_lsq_hqod_w4a4
 
 # Does HQOD help? FP vs LSQ vs LSQ + HQOD at W4A4 and W2A2 and TQT vs TQT + HQOD at W4A4, every dense detector
-# (RetinaNet, FCOS, ATSS), deepforest and shapes, 3 seeds (about 80 minutes per detector pair on 2 idle cores, so
-# about 2 hours); results, plots and report in benchmarks/, runs in output/bench/. Resumable.
+# (RetinaNet, FCOS, ATSS), deepforest and shapes, 3 seeds, every run evaluated on val and test (about 2 h 15 min on 2
+# idle cores, estimated from per-run times); results (test; val kept in the JSON), plots and report in benchmarks/,
+# runs in output/bench/. Resumable.
 bench: setup
 	$(PY) tools/benchmark_hqod.py --mode full --tqt
 
@@ -68,6 +69,6 @@ bench: setup
 bench-ablation: setup
 	$(PY) tools/benchmark_hqod.py --mode ablation
 
-# The reduced bench (RetinaNet on shapes, LSQ only, 2 seeds: 11 runs that `bench` reuses), about 11 minutes on 2 cores.
+# The reduced bench (RetinaNet on shapes, LSQ only, 2 seeds: 11 runs that `bench` reuses), about 12 minutes on 2 cores.
 bench-quick: setup
 	$(PY) tools/benchmark_hqod.py --mode quick

@@ -173,8 +173,9 @@ def main():
             print(shlex.join(["python", "train_net.py", "--config-file", run.config, *run.opts]))
         return
     data = {d: dataclasses.asdict(DATA[d]) for d in mode.datasets}
-    results = {"schema": 2, "mode": mode.name, "report_split": args.report_split, "name": name, "started": started, "host": host_info(device),
-               "json": str(json_path), "command": shlex.join(["python", "tools/benchmark_hqod.py", *sys.argv[1:]]),
+    results = {"schema": 2, "mode": mode.name, "name": name, "started": started, "host": host_info(device),
+               "report_split": args.report_split, "json": str(json_path),
+               "command": shlex.join(["python", "tools/benchmark_hqod.py", *sys.argv[1:]]),
                "plan": {"mode": dataclasses.asdict(mode), "data": data, "batch": BATCH, "calib_images": CALIB_IMAGES,
                         "tqt": args.tqt},
                "runs": earlier_records(out_dir, json_path)}

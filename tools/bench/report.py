@@ -41,8 +41,8 @@ def _settings_table(results) -> list:
                      f"{c['min_size_train'][0]} / {c['min_size_test']}", c["ims_per_batch"], c["max_iter"],
                      f"{c['base_lr']:g}", f"{c['warmup_iters']} ({c['warmup_factor']:g})",
                      ", ".join(map(str, c["steps"])), c.get("calib_images", "–")])
-    lines = _table(["data set / detector", "run", "train set", "evaluated on", "train / test size", "batch", "iters", "LR",
-                    "warm-up (factor)", "LR steps", "calib images"], rows)
+    lines = _table(["data set / detector", "run", "train set", "evaluated on", "train / test size", "batch", "iters",
+                    "LR", "warm-up (factor)", "LR steps", "calib images"], rows)
     configs = [r["config"] for r in results["runs"].values() if r.get("config")]
     if configs:
         c = configs[0]
