@@ -330,6 +330,8 @@ def test_eval_subset_keeps_the_first_images_by_id_with_their_boxes(tmp_path):
     assert len(subset["annotations"]) == len(expected) > 0
     gt = ground_truth_by_image(json_file)
     assert sorted(gt) == first and sum(len(boxes) for boxes, _ in gt.values()) == len(expected)
+    with pytest.raises(ValueError, match="hqod_shapes_test has 200 images, the bench asks for the first 201"):
+        write_eval_subset("hqod_shapes_test", 201, tmp_path)
 
 
 def test_training_crops_cover_the_image_and_drop_crops_without_boxes(tmp_path):

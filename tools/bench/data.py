@@ -21,6 +21,8 @@ def write_eval_subset(source: str, num_images: int, out_dir: pathlib.Path):
     validate_dataset(source)  # builds the cached set on first use
     meta = MetadataCatalog.get(source)
     coco = json.loads(pathlib.Path(meta.json_file).read_text())
+    if len(coco["images"]) < num_images:
+        raise ValueError(f"{source} has {len(coco['images'])} images, the bench asks for the first {num_images}")
     keep = {img["id"] for img in sorted(coco["images"], key=lambda img: img["id"])[:num_images]}
     coco["images"] = [img for img in coco["images"] if img["id"] in keep]
     coco["annotations"] = [a for a in coco["annotations"] if a["image_id"] in keep]

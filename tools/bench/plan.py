@@ -48,7 +48,7 @@ class DataSpec:
 DATA = {
     "shapes": DataSpec("hqod_shapes_train", "hqod_shapes_val", val_images=100, test="hqod_shapes_test",
                        test_images=200, train_size=192, test_size=192, crop=0, fp_iters=1200, qat_iters=150),
-    "deepforest": DataSpec("deepforest_train", "deepforest_val", val_images=13, test="deepforest_test", test_images=6,
+    "deepforest": DataSpec("deepforest_train", "deepforest_val", val_images=7, test="deepforest_test", test_images=6,
                            train_size=256, test_size=400, crop=256, fp_iters=1000, qat_iters=80,
                            fp_lr=0.005),  # 155 crops of the 43 tiles; val and test: all their tiles (7 and 6)
 }
