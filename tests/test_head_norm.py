@@ -4,11 +4,13 @@ import hqod  # noqa: F401  (before any detectron2 import)
 import pytest
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.layers import NaiveSyncBatchNorm
 from detectron2.modeling import build_model
 from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 from torch import nn
 
+from hqod.engine import HQODTrainer
 from hqod.engine.validation import validate_config
 from hqod.errors import HQODInputError
 from hqod.modeling.head_norm import LevelBatchNorm
@@ -108,6 +110,14 @@ def test_each_level_keeps_its_own_statistics_and_affine_while_convs_stay_shared(
         bn.calls = level
         x = torch.randn(1, bn[0].num_features, 4, 4)
         assert torch.allclose(bn(x), bn[level](x))
+
+
+def test_level_sync_bn_runs_on_cpu_as_naive_sync_bn(level_bn_cfg):
+    model = HQODTrainer.build_model(level_bn_cfg("ATSS", norm="LevelSyncBN"))
+    norms = level_norms(model)
+    assert len(norms) == 2 and all(type(bn) is NaiveSyncBatchNorm for norm in norms for bn in norm)
+    assert torch.isfinite(train_step(model, images()))
+    assert all(bn.running_mean.abs().sum() > 0 for norm in norms for bn in norm)
 
 
 def test_detectron2_retinanet_cannot_build_it(tiny_detector_cfg):
