@@ -49,6 +49,9 @@ def qat_cfg(get_config):
     (["MODEL.ATSS.NMS_THRESH_TEST", 0.0], "MODEL.ATSS.NMS_THRESH_TEST must be in"),
     (["MODEL.ATSS.BBOX_REG_WEIGHTS", (10.0, 10.0, 5.0)], "MODEL.ATSS.BBOX_REG_WEIGHTS must be 4 finite numbers"),
     (["MODEL.ATSS.HEAD_NORM", "LN"], "MODEL.ATSS.HEAD_NORM is 'LN'"),
+    (["MODEL.QUANT.DEPTHWISE_BITS", 1], r"MODEL.QUANT.DEPTHWISE_BITS \(0: off\) must be an integer from 2 to 8"),
+    (["MODEL.META_ARCHITECTURE", "RetinaNet", "MODEL.HQOD.TCORR_WEIGHT", 1.0, "MODEL.RETINANET.NORM", "LevelBN"],
+     "MODEL.RETINANET.NORM 'LevelBN' is built by the project's RetinaNet only"),
 ])
 def test_each_bad_value_is_one_line(qat_cfg, opts, match):
     cfg = qat_cfg(*opts)

@@ -53,7 +53,11 @@ def _add_fcos_config(cfg):
     cfg.MODEL.FCOS.IN_FEATURES = ["p3", "p4", "p5", "p6", "p7"]
     # 3x3 convs (of the FPN's width) in each of the classification and box towers; at least 1.
     cfg.MODEL.FCOS.NUM_CONVS = 4
-    # Norm after each tower conv: "GN" (32 groups), "BN" (per-level statistics), "SyncBN" or "" (none).
+    # Norm after each tower conv (hqod.modeling.head_norm): "GN" (32 groups); "BN" / "SyncBN" (Detectron2's
+    # CycleBatchNormList: per-level statistics, one shared affine); "LevelBN" / "LevelSyncBN" (AQD's multi-level BN:
+    # one BatchNorm per FPN level, its own statistics and affine, after each conv still shared by all levels; train
+    # the full-precision model with it, as AQD did, and start QAT from that; FOLD_BN leaves it unfolded); "" (none).
+    # Detectron2's MODEL.RETINANET.NORM takes the same values; its "LevelBN"/"LevelSyncBN" need HQODRetinaNet.
     cfg.MODEL.FCOS.HEAD_NORM = "GN"
     # Initial foreground probability of the classification logits (sets their bias).
     cfg.MODEL.FCOS.PRIOR_PROB = 0.01
@@ -78,7 +82,7 @@ def _add_atss_config(cfg):
     cfg.MODEL.ATSS.IN_FEATURES = ["p3", "p4", "p5", "p6", "p7"]
     # 3x3 convs (of the FPN's width) in each of the classification and box towers; at least 1.
     cfg.MODEL.ATSS.NUM_CONVS = 4
-    # Norm after each tower conv: "GN" (32 groups), "BN" (per-level statistics), "SyncBN" or "" (none).
+    # Norm after each tower conv, as MODEL.FCOS.HEAD_NORM: "GN", "BN", "SyncBN", "LevelBN", "LevelSyncBN" or "".
     cfg.MODEL.ATSS.HEAD_NORM = "GN"
     # Initial foreground probability of the classification logits (sets their bias).
     cfg.MODEL.ATSS.PRIOR_PROB = 0.01
@@ -118,6 +122,10 @@ def _add_quant_config(cfg):
     # hqod.modeling.detectors.DENSE_DETECTORS; patterns that match no conv of the model are ignored.
     cfg.MODEL.QUANT.LAST_PATTERNS = list(dict.fromkeys(
         conv for spec in DENSE_DETECTORS.values() for conv in spec.prediction_convs))
+    # Bits (2..8) of weight and input of every depthwise conv (groups == in_channels > 1, e.g. MobileNetV2's);
+    # 0: off (they take WEIGHT_BITS/ACT_BITS). Pinned like FIRST_LAST_BITS: MODEL.QUANT.SCHEDULE.BITS does not move
+    # them. A first or last conv keeps FIRST_LAST_BITS; OVERRIDES win over both.
+    cfg.MODEL.QUANT.DEPTHWISE_BITS = 0
     # Per-output-channel weight step sizes (per-tensor when False, as in the authors' setup).
     cfg.MODEL.QUANT.PER_CHANNEL = False
     # Per-module bits, "fnmatch_pattern:weight_bits:act_bits"; later entries win; applied after the defaults.

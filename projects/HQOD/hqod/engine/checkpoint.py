@@ -12,7 +12,8 @@ from ..quantization import is_quantized, is_quantizer_key
 from ..utils.io import atomic_path, atomic_write_bytes
 from ..utils.safe_load import load_pickle, load_torch
 
-QUANT_KEYS = ("ALGORITHM", "WEIGHT_BITS", "ACT_BITS", "FIRST_LAST_BITS", "OVERRIDES", "PER_CHANNEL")
+QUANT_KEYS = ("ALGORITHM", "WEIGHT_BITS", "ACT_BITS", "FIRST_LAST_BITS", "DEPTHWISE_BITS", "OVERRIDES", "PER_CHANNEL")
+RECORDED_SINCE = {"DEPTHWISE_BITS": 0}  # keys added to the record later: their value in checkpoints without them
 logger = logging.getLogger(__name__)
 
 
@@ -42,6 +43,7 @@ def check_checkpoint_fits(checkpoint: dict, cfg, source: str) -> None:
     if recorded is None:
         return
     expected = quant_config_record(cfg)
+    recorded = {**RECORDED_SINCE, **recorded}
     diffs = [f"MODEL.QUANT.{k}={recorded.get(k)!r} in the checkpoint vs {expected[k]!r} in the config"
              for k in QUANT_KEYS if recorded.get(k) != expected[k]]
     if diffs:

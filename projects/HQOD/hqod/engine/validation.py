@@ -13,6 +13,7 @@ from detectron2.modeling import META_ARCH_REGISTRY
 from ..config import add_hqod_config
 from ..errors import HQODInputError
 from ..modeling.detectors import hqod_meta_architectures
+from ..modeling.head_norm import LEVEL_NORMS
 from ..modeling.hqod_mixin import NORMALIZERS, HQODLossMixin
 from ..quantization import ALGORITHMS, OBSERVERS
 from ..quantization.base import check_bits
@@ -21,9 +22,10 @@ from .schedules import RAMP_TYPES, parse_bit_schedule
 
 
 def validate_config(cfg) -> None:
-    """Raise a one-line HQODInputError for the first bad value of MODEL.HQOD, MODEL.ATSS, MODEL.QUANT (when
-    ENABLED), their schedules, or a local MODEL.WEIGHTS file that does not exist."""
+    """Raise a one-line HQODInputError for the first bad value of MODEL.HQOD, the head norm, MODEL.ATSS,
+    MODEL.QUANT (when ENABLED), their schedules, or a local MODEL.WEIGHTS file that does not exist."""
     check_hqod_config(cfg)
+    check_head_norm(cfg)
     if "ATSS" in cfg.MODEL:
         check_atss_config(cfg.MODEL.ATSS)
     if "HQOD" in cfg.MODEL:
@@ -62,6 +64,16 @@ def check_hqod_config(cfg) -> None:
         )
 
 
+def check_head_norm(cfg) -> None:
+    """A per-level head norm (hqod.modeling.head_norm.LEVEL_NORMS) asked of Detectron2's own RetinaNet, whose
+    builder cannot make it."""
+    norm = cfg.MODEL.RETINANET.NORM
+    if cfg.MODEL.META_ARCHITECTURE == "RetinaNet" and norm in LEVEL_NORMS:
+        raise HQODInputError(
+            f"MODEL.RETINANET.NORM {norm!r} is built by the project's RetinaNet only: set MODEL.META_ARCHITECTURE "
+            "HQODRetinaNet (with MODEL.HQOD.TCORR_WEIGHT 0 and HIOU_WEIGHT 0 for no HQOD losses)")
+
+
 def check_atss_config(atss) -> None:
     """MODEL.ATSS (``atss``): counts, anchor scale, loss weights, box-delta weights, test thresholds and head norm
     (IN_FEATURES is checked against the built backbone by the builder)."""
@@ -85,8 +97,9 @@ def check_atss_config(atss) -> None:
     weights = atss.BBOX_REG_WEIGHTS
     if len(weights) != 4 or not all(isinstance(w, (int, float)) and math.isfinite(w) and w > 0 for w in weights):
         raise HQODInputError(f"MODEL.ATSS.BBOX_REG_WEIGHTS must be 4 finite numbers > 0, got {weights!r}")
-    if atss.HEAD_NORM not in ("GN", "BN", "SyncBN", ""):
-        raise HQODInputError(f"MODEL.ATSS.HEAD_NORM is {atss.HEAD_NORM!r}; use \"GN\", \"BN\", \"SyncBN\" or \"\"")
+    norms = ("GN", "BN", "SyncBN", *LEVEL_NORMS, "")
+    if atss.HEAD_NORM not in norms:
+        raise HQODInputError(f"MODEL.ATSS.HEAD_NORM is {atss.HEAD_NORM!r}; use one of {', '.join(map(repr, norms))}")
 
 
 def check_quant_config(qcfg) -> None:
@@ -95,6 +108,8 @@ def check_quant_config(qcfg) -> None:
         raise HQODInputError(f"unknown MODEL.QUANT.ALGORITHM {qcfg.ALGORITHM!r}: use one of {', '.join(ALGORITHMS)}")
     for key in ("WEIGHT_BITS", "ACT_BITS", "FIRST_LAST_BITS"):
         check_bits(qcfg[key], f"MODEL.QUANT.{key}")
+    if qcfg.DEPTHWISE_BITS != 0:
+        check_bits(qcfg.DEPTHWISE_BITS, "MODEL.QUANT.DEPTHWISE_BITS (0: off)")
     for key in ("WEIGHT_OBSERVER", "ACT_OBSERVER"):
         if str(qcfg[key]).upper() not in OBSERVERS:
             raise HQODInputError(f"unknown MODEL.QUANT.{key} {qcfg[key]!r}: use one of {', '.join(OBSERVERS)}")

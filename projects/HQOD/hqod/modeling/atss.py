@@ -31,7 +31,7 @@ from torch.nn import functional as F
 from ..errors import HQODInputError
 from .atss_assigner import atss_match
 from .detectors import DenseDetectorSpec, register_dense_detector
-from .fcos import group_norm
+from .head_norm import count_levels_per_forward, head_norm
 from .hqod_mixin import HQODLossMixin, dense_hqod_inputs
 
 
@@ -112,10 +112,10 @@ class ATSS(DenseDetector):
         strides = [s.stride for s in feature_shapes]
         head = ATSSHead(input_shape=feature_shapes, conv_dims=[feature_shapes[0].channels] * atss.NUM_CONVS,
                         num_classes=atss.NUM_CLASSES, prior_prob=atss.PRIOR_PROB,
-                        norm=group_norm if atss.HEAD_NORM == "GN" else atss.HEAD_NORM)
+                        norm=head_norm(atss.HEAD_NORM, len(in_features)))
         return {
             "backbone": backbone,
-            "head": head,
+            "head": count_levels_per_forward(head),
             "head_in_features": in_features,
             "anchor_generator": DefaultAnchorGenerator(sizes=[[atss.ANCHOR_SCALE * s] for s in strides],
                                                        aspect_ratios=[1.0], strides=strides, offset=0.0),

@@ -4,10 +4,7 @@ Detectron2 ships FCOS for LazyConfig only; this subclass adds a ``from_config`` 
 boxes itself (all points background), on which Detectron2 v0.6's ``label_anchors`` crashes; anchor points, matching,
 losses and inference are Detectron2's own.
 """
-import math
-
 import torch
-from torch import nn
 
 from detectron2.config import configurable
 from detectron2.modeling import META_ARCH_REGISTRY, build_backbone
@@ -17,12 +14,7 @@ from detectron2.structures import Boxes
 
 from ..compat import FCOS_MATCHED_BOXES_ARE_BOXES
 from ..errors import HQODInputError
-
-
-def group_norm(channels):
-    """``"GN"`` as a callable: 32 groups, fewer where 32 does not divide ``channels`` (v0.6's RetinaNetHead probes
-    ``get_norm(norm, 1)``, which torch rejects for the string ``"GN"``)."""
-    return nn.GroupNorm(math.gcd(32, channels), channels)
+from .head_norm import count_levels_per_forward, head_norm
 
 
 class FCOS(Detectron2FCOS):
@@ -63,12 +55,12 @@ class FCOS(Detectron2FCOS):
             input_shape=feature_shapes,
             conv_dims=[feature_shapes[0].channels] * cfg.MODEL.FCOS.NUM_CONVS,
             num_classes=cfg.MODEL.FCOS.NUM_CLASSES,
-            norm=group_norm if cfg.MODEL.FCOS.HEAD_NORM == "GN" else cfg.MODEL.FCOS.HEAD_NORM,
+            norm=head_norm(cfg.MODEL.FCOS.HEAD_NORM, len(in_features)),
             prior_prob=cfg.MODEL.FCOS.PRIOR_PROB,
         )
         return {
             "backbone": backbone,
-            "head": head,
+            "head": count_levels_per_forward(head),
             "head_in_features": in_features,
             "num_classes": cfg.MODEL.FCOS.NUM_CLASSES,
             "center_sampling_radius": cfg.MODEL.FCOS.CENTER_SAMPLING_RADIUS,

@@ -48,6 +48,8 @@ def convert_to_qat(model, cfg, example_inputs=None):
     for name, conv in convs:
         pinned = name in first or name in last
         bits = (qcfg.FIRST_LAST_BITS,) * 2 if pinned else (qcfg.WEIGHT_BITS, qcfg.ACT_BITS)
+        if qcfg.DEPTHWISE_BITS and not pinned and is_depthwise(conv):
+            bits, pinned = (qcfg.DEPTHWISE_BITS,) * 2, True
         for pattern, weight_bits, act_bits in overrides:
             if fnmatch.fnmatchcase(name, pattern):
                 bits, pinned = (weight_bits, act_bits), True
@@ -80,6 +82,11 @@ def parse_override(item):
     ValueError when it is not of that form (hqod.engine.validation reports it to the user)."""
     pattern, weight_bits, act_bits = str(item).rsplit(":", 2)
     return pattern, int(weight_bits), int(act_bits)
+
+
+def is_depthwise(conv) -> bool:
+    """Whether ``conv`` filters each input channel on its own (groups == in_channels > 1), for DEPTHWISE_BITS."""
+    return conv.groups > 1 and conv.groups == conv.in_channels
 
 
 def _quantizer(qcfg, algorithm, role, bits, signed, channels, observer, sees_image):
