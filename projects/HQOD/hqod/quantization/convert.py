@@ -12,7 +12,7 @@ from .base import FakeQuantizer
 from .dsq import DSQQuantizer
 from .lsq import LSQQuantizer
 from .observers import build_observer
-from .qconv import can_fold_bn, quant_class, reset_call_counters
+from .qconv import can_fold_bn, open_weight_memos, quant_class, release_weight_memos, reset_call_counters
 from .state import is_quantized
 from .tqt import TQTQuantizer
 
@@ -70,6 +70,8 @@ def convert_to_qat(model, cfg, example_inputs=None):
         rows.append((name, bits[0], bits[1], "signed" if name in first else "at calibration",
                      "per-channel" if qcfg.PER_CHANNEL else "per-tensor", levels, "yes" if fold_bn else "no"))
     model.register_forward_pre_hook(reset_call_counters)
+    model.register_forward_pre_hook(open_weight_memos)
+    model.register_forward_hook(release_weight_memos)
     table = tabulate(rows, headers=["conv", "W bits", "A bits", "input sign", "weight step", "calls/forward",
                                     "BN folded"], tablefmt="pipe")
     logger.info("Quantized %d convs with %s (W%dA%d, first/last %d bits):\n%s", len(rows), algorithm,

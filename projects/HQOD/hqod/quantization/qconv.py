@@ -19,7 +19,8 @@ def _pick(quantizer, call: int):
 
 class QuantConvMixin:
     """Fake-quantizes weight and input, then convolves; Detectron2's norm and activation run as before (BN folded into
-    the weight if ``fold_bn``). A ModuleList of quantizers is indexed by the call number (FPN level) in a forward."""
+    the weight if ``fold_bn``). A ModuleList of quantizers is indexed by the call number (FPN level) in a forward; a
+    weight quantizer shared by all calls runs once per forward of the converted model (``quantized_weight_bias``)."""
 
     def attach_quantizers(self, weight_quant: nn.Module, input_quant: nn.Module, fold_bn: bool = False):
         for role, quantizers in (("weight", weight_quant), ("input", input_quant)):
@@ -29,6 +30,7 @@ class QuantConvMixin:
             setattr(self, QUANTIZER_ATTRIBUTES[role], quantizers)
         self.fold_bn = fold_bn
         self.calls = 0
+        self.weight_memo = None  # a list during a forward of the converted model: [(weight, bias)] once computed
 
     def quantizer(self, role: str, call: int = 0):
         """The ``role`` quantizer ("weight" or "input") used by call ``call`` (FPN level) of a forward pass."""
@@ -41,12 +43,29 @@ class QuantConvMixin:
 
     def forward(self, x):
         call, self.calls = self.calls, self.calls + 1
-        weight, bias = self.effective_weight_bias()
-        x = self._conv_forward(self.quantizer("input", call)(x), self.quantizer("weight", call)(weight), bias)
+        x = self.quantizer("input", call)(x)
+        x = self._conv_forward(x, *self.quantized_weight_bias(call))
         norm, activation = getattr(self, "norm", None), getattr(self, "activation", None)
         if norm is not None and not self.fold_bn:
             x = norm(x)
         return activation(x) if activation is not None else x
+
+    def quantized_weight_bias(self, call: int = 0):
+        """The fake-quantized weight and the bias of call ``call``. Within a forward of the converted model a weight
+        quantizer shared by all calls (FPN levels) runs at the first call only and the later calls reuse its output:
+        the same values, and autograd sums the calls' weight gradients before one backward through the quantizer,
+        which equals the sum of the per-call backwards. Not while observing (every call is observed, as before) or
+        tracing (each call keeps its own quantizer node in an exported graph)."""
+        memo = self.weight_memo
+        if memo:
+            return memo[0]
+        quantizer = self.quantizer("weight", call)
+        weight, bias = self.effective_weight_bias()
+        result = quantizer(weight), bias
+        shared = not isinstance(getattr(self, QUANTIZER_ATTRIBUTES["weight"]), nn.ModuleList)
+        if memo is not None and shared and not quantizer.observe_enabled and not torch.jit.is_tracing():
+            memo.append(result)
+        return result
 
     def effective_weight_bias(self):
         """The float weight and bias the weight quantizer and the convolution see (BN folded in if ``fold_bn``)."""
@@ -94,3 +113,19 @@ def reset_call_counters(model, inputs=None):
     for module in model.modules():
         if isinstance(module, QuantConvMixin):
             module.calls = 0
+
+
+def open_weight_memos(model, inputs=None):
+    """Forward pre-hook of the converted model: each conv may keep its quantized weight for the later calls."""
+    _set_weight_memos(model, list)
+
+
+def release_weight_memos(model, inputs=None, outputs=None):
+    """Forward hook of the converted model: the convs drop the quantized weights kept during the forward."""
+    _set_weight_memos(model, lambda: None)
+
+
+def _set_weight_memos(model, make):
+    for module in model.modules():
+        if isinstance(module, QuantConvMixin):
+            module.weight_memo = make()
