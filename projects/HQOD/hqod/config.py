@@ -146,6 +146,10 @@ def _add_quant_config(cfg):
     # DSQ: initial alpha in (0, 0.5], and whether it is learned (else set from outside, e.g. by a schedule).
     cfg.MODEL.QUANT.DSQ_ALPHA = 0.4
     cfg.MODEL.QUANT.DSQ_LEARN_ALPHA = True
+    # The quantizers of convs whose weights are frozen (e.g. by MODEL.BACKBONE.FREEZE_AT) keep their calibrated step
+    # sizes, DSQ alpha and TQT thresholds (not learned, not in the optimizer), so the backward stops at the first
+    # trainable layer as in full precision. False: they are learned like every other quantizer.
+    cfg.MODEL.QUANT.FREEZE_FROZEN_QUANTIZERS = False
 
 
 def _add_hqod_loss_config(cfg):

@@ -10,6 +10,7 @@ from torch import nn
 from ..errors import HQODInputError
 from .base import FakeQuantizer
 from .dsq import DSQQuantizer
+from .freeze import freeze_frozen_quantizers
 from .lsq import LSQQuantizer
 from .observers import build_observer
 from .qconv import can_fold_bn, open_weight_memos, quant_class, release_weight_memos, reset_call_counters
@@ -24,7 +25,8 @@ logger = logging.getLogger(__name__)
 def convert_to_qat(model, cfg, example_inputs=None):
     """Fake-quantize weight and input of every nn.Conv2d of ``model`` in place per cfg.MODEL.QUANT (ENABLED unread;
     the config is trusted: hqod.engine.validation.validate_config checked it);
-    an eval dry run on ``example_inputs`` (default: a blank 256² image) finds the stem and per-FPN-level convs."""
+    an eval dry run on ``example_inputs`` (default: a blank 256² image) finds the stem and per-FPN-level convs;
+    FREEZE_FROZEN_QUANTIZERS freezes the quantizers of convs whose weights are frozen (freeze_frozen_quantizers)."""
     qcfg = cfg.MODEL.QUANT
     if is_quantized(model):
         raise HQODInputError("convert_to_qat got a model that is already converted to QAT")
@@ -69,6 +71,13 @@ def convert_to_qat(model, cfg, example_inputs=None):
                 quantizer.follows_schedule = not pinned  # MODEL.QUANT.SCHEDULE.BITS moves only the W/A-bit convs
         rows.append((name, bits[0], bits[1], "signed" if name in first else "at calibration",
                      "per-channel" if qcfg.PER_CHANNEL else "per-tensor", levels, "yes" if fold_bn else "no"))
+    if qcfg.FREEZE_FROZEN_QUANTIZERS:
+        frozen = freeze_frozen_quantizers(model)
+        if frozen:
+            logger.info("MODEL.QUANT.FREEZE_FROZEN_QUANTIZERS: %d quantizers of frozen convs keep their calibrated "
+                        "parameters", frozen)
+        else:
+            logger.warning("MODEL.QUANT.FREEZE_FROZEN_QUANTIZERS is on but no conv has frozen weights: nothing frozen")
     model.register_forward_pre_hook(reset_call_counters)
     model.register_forward_pre_hook(open_weight_memos)
     model.register_forward_hook(release_weight_memos)
