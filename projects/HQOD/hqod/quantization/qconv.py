@@ -9,8 +9,11 @@ from ..errors import HQODInputError
 
 # The one definition of where a quantized conv keeps its quantizers, by role (hqod.quantization.base.ROLES): module
 # names, state-dict keys ("<conv>.input_quant.scale", "<conv>.input_quant.2.scale" per FPN level) and the checkpoint
-# guard (hqod.quantization.state.is_quantizer_key) all derive from it.
-QUANTIZER_ATTRIBUTES = {"weight": "weight_quant", "input": "input_quant"}
+# guard (hqod.quantization.state.is_quantizer_key) all derive from it. "output" exists only with PLACEMENT "tensor".
+QUANTIZER_ATTRIBUTES = {"weight": "weight_quant", "input": "input_quant", "output": "output_quant"}
+# Roles a conv's quantizers may have: under PLACEMENT "tensor" a conv reading another conv's quantized output uses
+# that output quantizer as its input quantizer.
+_ACCEPTED_ROLES = {"weight": ("weight",), "input": ("input", "output"), "output": ("output",)}
 
 
 def _pick(quantizer, call: int):
@@ -19,34 +22,50 @@ def _pick(quantizer, call: int):
 
 class QuantConvMixin:
     """Fake-quantizes weight and input, then convolves; Detectron2's norm and activation run as before (BN folded into
-    the weight if ``fold_bn``). A ModuleList of quantizers is indexed by the call number (FPN level) in a forward."""
+    the weight if ``fold_bn``), then the output quantizer if any. A ModuleList of quantizers is indexed by the call
+    number (FPN level) in a forward. ``activation_memo`` (PLACEMENT "tensor"): input and output quantizers shared
+    between convs run through it, so that each tensor is quantized once per forward."""
 
-    def attach_quantizers(self, weight_quant: nn.Module, input_quant: nn.Module, fold_bn: bool = False):
-        for role, quantizers in (("weight", weight_quant), ("input", input_quant)):
-            members = quantizers if isinstance(quantizers, nn.ModuleList) else [quantizers]
-            if any(q.role != role for q in members):
+    def attach_quantizers(self, weight_quant: nn.Module, input_quant: nn.Module, fold_bn: bool = False,
+                          output_quant=None, activation_memo=None):
+        for role, quantizers in (("weight", weight_quant), ("input", input_quant), ("output", output_quant)):
+            members = [] if quantizers is None else quantizers if isinstance(quantizers, nn.ModuleList) else [quantizers]
+            if any(q.role not in _ACCEPTED_ROLES[role] for q in members):
                 raise HQODInputError(f"a {role} quantizer of {type(self).__name__} was built with another role")
             setattr(self, QUANTIZER_ATTRIBUTES[role], quantizers)
         self.fold_bn = fold_bn
+        self.activation_memo = activation_memo
         self.calls = 0
 
     def quantizer(self, role: str, call: int = 0):
-        """The ``role`` quantizer ("weight" or "input") used by call ``call`` (FPN level) of a forward pass."""
-        return _pick(getattr(self, QUANTIZER_ATTRIBUTES[role]), call)
+        """The ``role`` quantizer ("weight", "input" or "output") used by call ``call`` (FPN level) of a forward pass;
+        None for a conv without output quantizer."""
+        quantizers = getattr(self, QUANTIZER_ATTRIBUTES[role], None)
+        return None if quantizers is None else _pick(quantizers, call)
 
     def role_quantizers(self, role: str):
-        """Every ``role`` quantizer of this conv (one, or one per FPN level)."""
-        quantizers = getattr(self, QUANTIZER_ATTRIBUTES[role])
+        """Every ``role`` quantizer of this conv (one, or one per FPN level; none for a missing output quantizer)."""
+        quantizers = getattr(self, QUANTIZER_ATTRIBUTES[role], None)
+        if quantizers is None:
+            return []
         return list(quantizers) if isinstance(quantizers, nn.ModuleList) else [quantizers]
 
     def forward(self, x):
         call, self.calls = self.calls, self.calls + 1
         weight, bias = self.effective_weight_bias()
-        x = self._conv_forward(self.quantizer("input", call)(x), self.quantizer("weight", call)(weight), bias)
+        x = self._conv_forward(self._quantize_activation("input", call, x), self.quantizer("weight", call)(weight),
+                               bias)
         norm, activation = getattr(self, "norm", None), getattr(self, "activation", None)
         if norm is not None and not self.fold_bn:
             x = norm(x)
-        return activation(x) if activation is not None else x
+        x = activation(x) if activation is not None else x
+        return self._quantize_activation("output", call, x)
+
+    def _quantize_activation(self, role, call, x):
+        quantizer = self.quantizer(role, call)
+        if quantizer is None:
+            return x
+        return quantizer(x) if self.activation_memo is None else self.activation_memo(quantizer, x)
 
     def effective_weight_bias(self):
         """The float weight and bias the weight quantizer and the convolution see (BN folded in if ``fold_bn``)."""
@@ -90,7 +109,17 @@ def can_fold_bn(conv) -> bool:
 
 
 def reset_call_counters(model, inputs=None):
-    """Forward pre-hook of the converted model: the next call of each conv is call 0 (the first FPN level)."""
+    """Forward pre-hook of the converted model: the next call of each conv is call 0 (the first FPN level), and no
+    activation is memoised yet."""
     for module in model.modules():
         if isinstance(module, QuantConvMixin):
             module.calls = 0
+            if module.activation_memo is not None:
+                module.activation_memo.clear()
+
+
+def release_activation_memo(model, inputs, outputs):
+    """Forward hook of a model converted with PLACEMENT "tensor": drop the memoised activations of the pass."""
+    for module in model.modules():
+        if isinstance(module, QuantConvMixin) and module.activation_memo is not None:
+            module.activation_memo.clear()
