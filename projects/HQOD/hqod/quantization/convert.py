@@ -27,7 +27,8 @@ def convert_to_qat(model, cfg, example_inputs=None):
     """Fake-quantize weight and input of every nn.Conv2d of ``model`` in place per cfg.MODEL.QUANT (ENABLED unread;
     the config is trusted: hqod.engine.validation.validate_config checked it);
     an eval dry run on ``example_inputs`` (default: a blank 256² image) finds the stem and per-FPN-level convs, and
-    with PLACEMENT "tensor" the dataflow that places shared input and output quantizers (hqod.quantization.placement)."""
+    with PLACEMENT "tensor" the dataflow that places shared input and output quantizers
+    (hqod.quantization.placement)."""
     qcfg = cfg.MODEL.QUANT
     if is_quantized(model):
         raise HQODInputError("convert_to_qat got a model that is already converted to QAT")

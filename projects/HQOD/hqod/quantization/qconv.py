@@ -29,7 +29,8 @@ class QuantConvMixin:
     def attach_quantizers(self, weight_quant: nn.Module, input_quant: nn.Module, fold_bn: bool = False,
                           output_quant=None, activation_memo=None):
         for role, quantizers in (("weight", weight_quant), ("input", input_quant), ("output", output_quant)):
-            members = [] if quantizers is None else quantizers if isinstance(quantizers, nn.ModuleList) else [quantizers]
+            members = [] if quantizers is None else list(quantizers) if isinstance(quantizers, nn.ModuleList) \
+                else [quantizers]
             if any(q.role not in _ACCEPTED_ROLES[role] for q in members):
                 raise HQODInputError(f"a {role} quantizer of {type(self).__name__} was built with another role")
             setattr(self, QUANTIZER_ATTRIBUTES[role], quantizers)
