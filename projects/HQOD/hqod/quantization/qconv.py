@@ -16,6 +16,13 @@ QUANTIZER_ATTRIBUTES = {"weight": "weight_quant", "input": "input_quant", "outpu
 _ACCEPTED_ROLES = {"weight": ("weight",), "input": ("input", "output"), "output": ("output",)}
 
 
+def _members(quantizers):
+    """A conv's quantizers of one role as a list: a ModuleList's members, the one quantizer, or none."""
+    if quantizers is None:
+        return []
+    return list(quantizers) if isinstance(quantizers, nn.ModuleList) else [quantizers]
+
+
 def _pick(quantizer, call: int):
     return quantizer[call % len(quantizer)] if isinstance(quantizer, nn.ModuleList) else quantizer
 
@@ -29,9 +36,7 @@ class QuantConvMixin:
     def attach_quantizers(self, weight_quant: nn.Module, input_quant: nn.Module, fold_bn: bool = False,
                           output_quant=None, activation_memo=None):
         for role, quantizers in (("weight", weight_quant), ("input", input_quant), ("output", output_quant)):
-            members = [] if quantizers is None else list(quantizers) if isinstance(quantizers, nn.ModuleList) \
-                else [quantizers]
-            if any(q.role not in _ACCEPTED_ROLES[role] for q in members):
+            if any(q.role not in _ACCEPTED_ROLES[role] for q in _members(quantizers)):
                 raise HQODInputError(f"a {role} quantizer of {type(self).__name__} was built with another role")
             setattr(self, QUANTIZER_ATTRIBUTES[role], quantizers)
         self.fold_bn = fold_bn
@@ -46,10 +51,7 @@ class QuantConvMixin:
 
     def role_quantizers(self, role: str):
         """Every ``role`` quantizer of this conv (one, or one per FPN level; none for a missing output quantizer)."""
-        quantizers = getattr(self, QUANTIZER_ATTRIBUTES[role], None)
-        if quantizers is None:
-            return []
-        return list(quantizers) if isinstance(quantizers, nn.ModuleList) else [quantizers]
+        return _members(getattr(self, QUANTIZER_ATTRIBUTES[role], None))
 
     def forward(self, x):
         call, self.calls = self.calls, self.calls + 1
