@@ -1,6 +1,8 @@
 """MODEL.QUANT.PLACEMENT "tensor": the dataflow found in the dry run (shared input quantizers, output quantizers on
 convs read by other ops, none on predictors), one quantization per tensor and forward, the unchanged default,
 checkpoints, and the ONNX export that lets onnxruntime run more convs as integer kernels."""
+import importlib.util
+
 import hqod  # noqa: F401  (before any detectron2 import)
 import onnx
 import pytest
@@ -147,7 +149,14 @@ def export(cfg, model, folder):
     return export_onnx(cfg, model, folder, SIZE, SIZE, sample)
 
 
-def test_tensor_placement_exports_and_runs_more_integer_convs(tiny, tmp_path):
+def benchmark_tool(root):
+    spec = importlib.util.spec_from_file_location("benchmark_onnx", root / "tools" / "deploy" / "benchmark_onnx.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_tensor_placement_exports_and_runs_more_integer_convs(tiny, tmp_path, root):
     cfg, model = tiny(RETINANET, *TENSOR)
     record = export(cfg, model, tmp_path / "tensor")
     plain_cfg, plain = tiny(RETINANET)
@@ -170,3 +179,5 @@ def test_tensor_placement_exports_and_runs_more_integer_convs(tiny, tmp_path):
     assert any(name.startswith(projection) for name in tensor_nodes["integer"])
     float_convs = [n for n in tensor_nodes["float_convs"] if "cls_score" not in n and "bbox_pred" not in n]
     assert not float_convs  # only the predictors stay float
+    times = benchmark_tool(root).profile(str(tmp_path / "tensor"), 1, 2, 1)  # benchmark_onnx.py --profile
+    assert times["QLinearConv"] > 0 and "Conv" in times and list(times.values()) == sorted(times.values())[::-1]
