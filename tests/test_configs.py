@@ -19,8 +19,9 @@ def test_config_merges_and_matches_its_name(get_config, path):
         assert cfg.MODEL.QUANT.ENABLED
         assert (cfg.MODEL.QUANT.WEIGHT_BITS, cfg.MODEL.QUANT.ACT_BITS) == (wbits, wbits)
         assert cfg.MODEL.QUANT.ALGORITHM == ("TQT" if "tqt" in name else "LSQ")
-        assert cfg.MODEL.QUANT.PER_CHANNEL == name.endswith(("_pc", "_pc_foldbn"))
-        assert cfg.MODEL.QUANT.FOLD_BN == name.endswith("_foldbn")
+        assert cfg.MODEL.QUANT.PER_CHANNEL == name.endswith(("_pc", "_pc_foldbn", "_pc_foldbn_tensor"))
+        assert cfg.MODEL.QUANT.FOLD_BN == name.endswith(("_foldbn", "_foldbn_tensor"))
+        assert cfg.MODEL.QUANT.PLACEMENT == ("tensor" if name.endswith("_tensor") else "conv_input")
     else:
         assert not cfg.MODEL.QUANT.ENABLED, "a full-precision config"
     assert cfg.MODEL.META_ARCHITECTURE.startswith("HQOD") == ("hqod" in name)

@@ -13,7 +13,7 @@ from torch import nn
 from hqod.quantization import ALGORITHMS
 from hqod.quantization.base import quant_range
 from hqod.quantization.fake_quant import fake_quantize
-from hqod.quantization.qconv import open_weight_memos, quant_class, release_weight_memos, reset_call_counters
+from hqod.quantization.qconv import open_weight_memos, quant_class, release_memos, reset_call_counters
 
 LEVELS = 3
 
@@ -116,7 +116,7 @@ def test_shared_weight_quantizer_runs_once_per_forward_with_the_per_level_gradie
     shared = copy.deepcopy(per_level)
     shared.register_forward_pre_hook(reset_call_counters)  # the model's hooks as convert_to_qat registers them
     shared.register_forward_pre_hook(open_weight_memos)
-    shared.register_forward_hook(release_weight_memos)
+    shared.register_forward_hook(release_memos)
     runs = []
     for model in (per_level, shared):
         calls = []

@@ -279,7 +279,7 @@ def test_spec_needs_an_initialised_quantizer_and_a_known_role():
     with pytest.raises(HQODInputError, match="calibrate"):
         LSQQuantizer(4, True).spec()
     with pytest.raises(HQODInputError, match="role"):
-        LSQQuantizer(4, True, role="output")
+        LSQQuantizer(4, True, role="activation")
     quantizer = LSQQuantizer(8, True)
     quantizer.initialized.fill_(True)
     assert (quantizer.spec().role, quantizer.spec().axis, quantizer.spec().scale.shape) == ("input", None, (1,))
@@ -289,7 +289,8 @@ def test_quantizer_keys_follow_the_declared_attributes():
     from hqod.engine.checkpoint import is_qat_state
     from hqod.quantization import QUANTIZER_ATTRIBUTES, is_quantizer_key
 
-    assert QUANTIZER_ATTRIBUTES == {"weight": "weight_quant", "input": "input_quant"}
+    assert QUANTIZER_ATTRIBUTES == {"weight": "weight_quant", "input": "input_quant", "output": "output_quant"}
+    assert is_quantizer_key("backbone.bottom_up.stage2.0.project.output_quant.scale")
     assert is_quantizer_key("backbone.bottom_up.stem.input_quant.scale")
     assert is_quantizer_key("head.cls_subnet.0.input_quant.2.initialized")
     assert is_quantizer_key("head.cls_score.weight_quant.num_bits")

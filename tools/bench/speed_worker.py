@@ -30,7 +30,7 @@ def largest_activation(model, batch):
     """Shape of the largest input any activation quantizer sees in one inference pass."""
     shapes = []
     handles = [q.register_forward_pre_hook(lambda m, inp: shapes.append(tuple(inp[0].shape)))
-               for _, q in quantizers(model) if q.role == "input"]
+               for _, q in quantizers(model) if q.role != "weight"]
     model.eval()
     with torch.no_grad():
         model(batch)

@@ -2,16 +2,19 @@
 """Latency of exported models in onnxruntime on this CPU, measured side by side in one process: batch 1, a fixed
 number of intra-op threads, the models' runs interleaved round by round (so that load from other processes hits them
 alike), median of --runs runs each after --warmup runs; also the model file sizes and the integer nodes of each
-optimised graph. Prints a markdown table, and JSON with --json FILE.
+optimised graph. Prints a markdown table, and JSON with --json FILE; --profile also prints where each model's
+time goes (onnxruntime's profiler: kernel time per op type, per run).
 
-    python tools/deploy/benchmark_onnx.py --models DIR [DIR ...] [--threads 2] [--runs 30] [--warmup 5]
+    python tools/deploy/benchmark_onnx.py --models DIR [DIR ...] [--threads 2] [--runs 30] [--warmup 5] [--profile]
 """
 import argparse
+import collections
 import json
 import os
 import platform
 import statistics
 import sys
+import tempfile
 import time
 
 import hqod  # noqa: F401
@@ -29,6 +32,7 @@ def parse_args(argv=None):
     parser.add_argument("--runs", type=int, default=30, help="timed runs per model (at least 20)")
     parser.add_argument("--warmup", type=int, default=5, help="untimed runs per model first")
     parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    parser.add_argument("--profile", action="store_true", help="also profile each model (kernel ms per op type)")
     return parser.parse_args(argv)
 
 
@@ -59,6 +63,25 @@ def measure(models, threads: int, runs: int, warmup: int) -> list:
     return entries
 
 
+def profile(model_dir, threads: int, runs: int, warmup: int) -> dict:
+    """``{op type: kernel ms per run}`` of ``runs`` runs (after ``warmup``) under onnxruntime's profiler."""
+    record = read_export_record(model_dir)
+    feed = {record["input"]["name"]: np.random.default_rng(0).standard_normal([1, *record["input"]["shape"][1:]],
+                                                                              dtype=np.float32)}
+    with tempfile.TemporaryDirectory() as tmp:
+        session = create_session(os.path.join(model_dir, record["model_file"]), threads,
+                                 profile_prefix=os.path.join(tmp, "profile"))
+        for _ in range(warmup + runs):
+            session.run(None, feed)
+        with open(session.end_profiling()) as f:
+            events = json.load(f)
+    times = collections.Counter()
+    for event in events:
+        if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
+            times[event["args"]["op_name"]] += event["dur"] / 1e3 / (warmup + runs)
+    return dict(times.most_common())
+
+
 def table(entries) -> str:
     """Markdown table; speed-up relative to the first model of the same detector and input size."""
     first = {}
@@ -85,6 +108,12 @@ def main(args):
           f"{args.runs} interleaved runs after {args.warmup} warm-up runs; load average afterwards "
           f"{', '.join(f'{v:.2f}' for v in machine['load_average_after'])}")
     print(table(entries), flush=True)
+    if args.profile:
+        for entry in entries:
+            times = profile(entry["model"], args.threads, args.runs, args.warmup)
+            entry["profile_ms"] = times
+            print(f"{entry['model']}: kernels {sum(times.values()):.1f} ms per run: "
+                  + ", ".join(f"{op} {ms:.1f}" for op, ms in times.items()), flush=True)
     if args.json:
         atomic_write_bytes(args.json, (json.dumps({"machine": machine, "models": entries}, indent=1) + "\n").encode())
 

@@ -141,6 +141,10 @@ def _add_quant_config(cfg):
     cfg.MODEL.QUANT.SHARE_HEAD_WEIGHT_QUANTIZER = True
     # A conv called once per FPN level gets one input quantizer per level (else one for all levels).
     cfg.MODEL.QUANT.PER_LEVEL_ACT_QUANTIZER = True
+    # Where activations are quantized: "conv_input" (each conv quantizes its own input) or "tensor" (each tensor that
+    # quantized convs read is quantized once, shared by its readers, and a conv whose output other ops read, e.g. a
+    # residual add, quantizes its output: the authors' MQBench placement; hqod.quantization.placement).
+    cfg.MODEL.QUANT.PLACEMENT = "conv_input"
     # TQT: keep the calibrated power-of-two scales fixed, as the authors' code did (False: train log2 t).
     cfg.MODEL.QUANT.TQT_FREEZE_SCALE = True
     # DSQ: initial alpha in (0, 0.5], and whether it is learned (else set from outside, e.g. by a schedule).

@@ -90,8 +90,8 @@ def export_onnx(cfg, model, output_dir, height: int, width: int, sample=None) ->
     quant_record, steps = None, {}
     if quantized:
         floats = float_tensors(onnx_model)
-        float_biases = lower_markers(onnx_model, records)
-        quant_record = _quant_record(cfg, records, floats, float_biases)
+        lowered = lower_markers(onnx_model, records)
+        quant_record = _quant_record(cfg, records, floats, lowered)
         steps = output_steps(onnx_model, records)
     onnx.checker.check_model(onnx_model)
     record = _export_record(cfg, model, graph_module, names, shapes, (height, width), opset, quant_record, steps)
@@ -119,28 +119,30 @@ def _trace(graph_module, example, names, custom_opsets) -> onnx.ModelProto:
     return onnx.load_from_string(buffer.getvalue())
 
 
-def _quant_record(cfg, records, floats, float_biases) -> dict:
+def _quant_record(cfg, records, floats, lowered) -> dict:
     qcfg = cfg.MODEL.QUANT
     quantizers = []
     for record in records:
         spec = record.spec
-        kind = carrier(spec)
+        shifted = spec.name in lowered.shifted
+        kind = lowered.shifted.get(spec.name, carrier(spec))
         quantizers.append({
             "name": spec.name, "role": spec.role, "bits": spec.bits, "signed": spec.signed, "axis": spec.axis,
             "qmin": spec.qmin, "qmax": spec.qmax, "scale": spec.scale.tolist(), "zero_point": spec.zero_point.tolist(),
-            "onnx_type": TensorProto.DataType.Name(kind.data_type),
-            "clip": spec.role == "input" and spec.bits != kind.width,
+            "onnx_type": TensorProto.DataType.Name(kind.data_type), "onnx_zero_point_offset": 128 if shifted else 0,
+            "clip": spec.role != "weight" and spec.bits != kind.width,
         })
     return {
         "algorithm": str(qcfg.ALGORITHM).upper(), "weight_bits": qcfg.WEIGHT_BITS, "act_bits": qcfg.ACT_BITS,
         "first_last_bits": qcfg.FIRST_LAST_BITS, "overrides": list(qcfg.OVERRIDES), "per_channel": qcfg.PER_CHANNEL,
-        "fold_bn": qcfg.FOLD_BN,
+        "fold_bn": qcfg.FOLD_BN, "placement": qcfg.PLACEMENT,
         "carriers": "weights: stored integers in INT8 (5-8 bits), INT4 (3-4 bits) or INT2 (2 bits) -> "
                     "DequantizeLinear; activations: QuantizeLinear -> DequantizeLinear in INT8/UINT8, below 8 bits "
-                    "after a Clip to [qmin*scale, qmax*scale] (exact clamping); zero points 0; conv biases int32 "
+                    "after a Clip to [qmin*scale, qmax*scale] (exact clamping); zero points 0, but 128 for a signed "
+                    "activation that several ops read, carried as UINT8 (onnx_zero_point_offset); conv biases int32 "
                     "at scale input_scale*weight_scale",
         "quantizers": quantizers,
-        "float_biases": float_biases,
+        "float_biases": lowered.float_biases,
         "float_ops": float_op_counts(floats),
         "float_tensors": floats,
     }

@@ -52,15 +52,18 @@ def _marked_forward(index, spec, x):
 
 @contextlib.contextmanager
 def quantizer_markers(model):
-    """Within the context every quantizer of ``model``'s quantized convs runs as a marker; yields the
-    ``MarkedQuantizer`` list that the markers' ``index`` attributes point into. Every quantizer must be initialised."""
+    """Within the context every quantizer of ``model``'s quantized convs runs as a marker (one per quantizer, also
+    when convs share it); yields the ``MarkedQuantizer`` list that the markers' ``index`` attributes point into.
+    Every quantizer must be initialised."""
     records, patched = [], []
     try:
         with torch.no_grad():
             for conv in (m for m in model.modules() if isinstance(m, QuantConvMixin)):
                 weight = conv.effective_weight_bias()[0].detach()
-                for role in ("input", "weight"):
+                for role in ("input", "output", "weight"):
                     for quantizer in conv.role_quantizers(role):
+                        if any(quantizer is other for other in patched):  # shared by several convs
+                            continue
                         spec = quantizer.spec()
                         integers = integer_values(weight, spec).cpu() if role == "weight" else None
                         quantizer.forward = partial(_marked_forward, len(records), spec)

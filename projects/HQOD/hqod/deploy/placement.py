@@ -1,8 +1,9 @@
 """Which tensors between quantized ops stay float: read from the traced graph while quantizers are still single
-``hqod::FakeQuant`` markers. This project quantizes each conv's *input* (one quantizer per consuming conv), so a
+``hqod::FakeQuant`` markers. With MODEL.QUANT.PLACEMENT "conv_input" each conv quantizes its own *input*, so a
 tensor that a quantized conv reads can also reach float ops unquantized (residual adds, FPN top-down sums and
-upsampling, norms and activations after a conv); the authors' MQBench placement quantized each producing tensor once,
-so every user saw the quantized value."""
+upsampling, norms and activations after a conv). With "tensor" (the authors' MQBench placement) a conv whose output
+other ops read quantizes it, and what is left float is what those ops compute from quantized values (the sums
+themselves, the upsampling, norms and activations between a conv's output quantizer and the next conv)."""
 from collections import Counter, defaultdict
 
 from .markers import MARKER_DOMAIN
@@ -13,8 +14,9 @@ def _is_marker(node):
 
 
 def float_tensors(model):
-    """``[{"tensor", "producer", "float_consumers"}]``: every tensor downstream of a quantized conv and upstream of
-    a quantizer that some op other than a quantizer reads in float; producers and consumers as "OpType node_name"."""
+    """``[{"tensor", "producer", "float_consumers"}]``: every tensor, other than a quantizer's own output, downstream
+    of a quantized conv or a quantizer and upstream of a quantizer, that some op other than a quantizer reads in
+    float; producers and consumers as "OpType node_name"."""
     graph = model.graph
     producers = {name: node for node in graph.node for name in node.output}
     consumers = defaultdict(list)
@@ -23,7 +25,8 @@ def float_tensors(model):
             consumers[name].append(node)
     quantized_convs = [node for node in graph.node if node.op_type == "Conv" and node.input
                        and node.input[0] in producers and _is_marker(producers[node.input[0]])]
-    downstream, stack = set(), [name for conv in quantized_convs for name in conv.output]
+    downstream = set()
+    stack = [name for node in quantized_convs + [n for n in graph.node if _is_marker(n)] for name in node.output]
     while stack:
         name = stack.pop()
         if name in downstream:
@@ -41,7 +44,7 @@ def float_tensors(model):
     for node in graph.node:
         for name in node.output:
             readers = [c for c in consumers[name] if not _is_marker(c)]
-            if name in downstream and name in upstream and readers:
+            if name in downstream and name in upstream and readers and not _is_marker(node):
                 entries.append({"tensor": name, "producer": f"{node.op_type} {node.name}",
                                 "float_consumers": [f"{c.op_type} {c.name}" for c in readers]})
     return entries

@@ -9,7 +9,8 @@ flip later quantizers, and onnxruntime rounds any float bias of a conv between D
 itself (its WeightBiasQuantization transformer).
 
 Carriers. Weights (stored integers, DequantizeLinear only): 8 bits and 5-7 bits as INT8, 4 and 3 bits as INT4 (opset
-21), 2 bits as INT2 (opset 25); the stored integers are already within [qmin, qmax]. Activations: always INT8 / UINT8,
+21), 2 bits as INT2 (opset 25); the stored integers are already within [qmin, qmax]. Activations: always INT8 / UINT8
+(a signed one that several ops read as UINT8 with zero point 128, see ``activation_carrier``),
 with a Clip to [qmin·s, qmax·s] before QuantizeLinear below 8 bits, which keeps the trained clamping range exactly
 (round(clip(x, qmin·s, qmax·s) / s) = clamp(round(x / s), qmin, qmax)): onnxruntime 1.32 executes 4- and 2-bit
 QuantizeLinear on its own, but its QDQ graph optimisers mishandle it in a network (ReluQuantFusion drops a Relu before
@@ -52,6 +53,17 @@ def carrier(spec) -> Carrier:
     return _CARRIERS[(width, spec.signed)]
 
 
+def activation_carrier(spec, readers: int):
+    """(carrier, zero-point offset) of activation quantizer ``spec`` whose dequantized value ``readers`` ops read: a
+    signed one read by several ops is carried as UINT8 with zero point 128 (the same values: q + 128 on [0, 255]).
+    onnxruntime converts a signed QuantizeLinear -> DequantizeLinear pair with one reader so itself (QDQS8ToU8), but
+    not one with several, and its integer conv needs input and output of one type, so a conv between a UINT8 input
+    and such a shared INT8 output (or the reverse) would stay float."""
+    if spec.signed and readers > 1:
+        return _CARRIERS[(8, False)], 128
+    return carrier(spec), 0
+
+
 def required_opset(records) -> int:
     """The opset the carriers of ``records`` (MarkedQuantizer list) need; 21 at least (this project's baseline)."""
     return max([21] + [carrier(r.spec).opset for r in records])
@@ -78,6 +90,8 @@ class _Lowering:
         self.dequantized = {}  # DequantizeLinear output name -> QuantSpec
         self.used = set()  # indices of records that appear in the graph
         self.float_biases = []  # convs with quantized input and weight whose bias stays float (a separate Add)
+        self.readers = Counter(name for node in self.graph.node for name in node.input)
+        self.shifted = {}  # name -> carrier of signed activations carried as UINT8 with zero point 128
 
     def add_initializer(self, tensor):
         if tensor.name not in self.initializers:
@@ -85,17 +99,20 @@ class _Lowering:
             self.initializers[tensor.name] = tensor
         return tensor.name
 
-    def scale_and_zero_point(self, spec, data_type):
-        """Initializers of the step sizes and zero points of ``spec`` (scalars per tensor, (C,) per channel)."""
+    def scale_and_zero_point(self, spec, data_type, offset: int = 0):
+        """Initializers of the step sizes and zero points (plus ``offset``) of ``spec`` (scalars per tensor, (C,)
+        per channel)."""
         shape = () if spec.axis is None else (spec.scale.numel(),)
         scale = self.add_initializer(_float_tensor(f"{spec.name}.scale", spec.scale.numpy().reshape(shape)))
         zero = self.add_initializer(integer_tensor(f"{spec.name}.zero_point",
-                                                   spec.zero_point.numpy().reshape(shape), data_type))
+                                                   spec.zero_point.numpy().reshape(shape) + offset, data_type))
         return scale, zero
 
     def activation(self, marker, spec):
-        kind = carrier(spec)
-        scale, zero = self.scale_and_zero_point(spec, kind.data_type)
+        kind, offset = activation_carrier(spec, self.readers[marker.output[0]])
+        if offset:
+            self.shifted[spec.name] = kind
+        scale, zero = self.scale_and_zero_point(spec, kind.data_type, offset)
         nodes, source = [], marker.input[0]
         if spec.bits != kind.width:
             step = float(spec.scale.reshape(-1)[0])
@@ -134,7 +151,7 @@ class _Lowering:
             index = next(a.i for a in node.attribute if a.name == "index")
             record = self.records[index]
             self.used.add(index)
-            nodes += self.activation(node, record.spec) if record.spec.role == "input" else self.weight(node, record)
+            nodes += self.weight(node, record) if record.spec.role == "weight" else self.activation(node, record.spec)
             self.dequantized[node.output[0]] = record.spec
         del self.graph.node[:]
         self.graph.node.extend(nodes)
@@ -195,10 +212,19 @@ class _Lowering:
         self.graph.node.append(helper.make_node("Add", [node.output[0], shaped], [summed], name=f"{node.name}/bias"))
 
 
-def lower_markers(model: onnx.ModelProto, records) -> list:
+class Lowered(NamedTuple):
+    """What lowering decided: convs whose bias stays float, signed activations carried as UINT8 with zero point 128
+    ({name: carrier})."""
+
+    float_biases: list
+    shifted: dict
+
+
+def lower_markers(model: onnx.ModelProto, records) -> Lowered:
     """Lower every marker of ``model`` in place (see the module docstring), quantize conv biases, drop what became
     unused and the marker domain, and sort the nodes topologically. ``records``: the markers' MarkedQuantizer list.
-    Returns the conv nodes with quantized input and weight whose bias stays float (in an Add after the conv)."""
+    Returns the conv nodes with quantized input and weight whose bias stays float (in an Add after the conv) and the
+    signed activation quantizers carried as UINT8 (``activation_carrier``)."""
     lowering = _Lowering(model, records)
     lowering.lower()
     missing = [records[i].spec.name for i in range(len(records)) if i not in lowering.used]
@@ -210,7 +236,7 @@ def lower_markers(model: onnx.ModelProto, records) -> list:
     kept = [opset for opset in model.opset_import if opset.domain != MARKER_DOMAIN]
     del model.opset_import[:]
     model.opset_import.extend(kept)
-    return lowering.float_biases
+    return Lowered(lowering.float_biases, lowering.shifted)
 
 
 def prune_unused(model: onnx.ModelProto) -> None:

@@ -4,9 +4,10 @@ import onnxruntime as ort
 from ..errors import HQODInputError
 
 
-def create_session(model, threads: int = 0, optimized_model_path=None) -> ort.InferenceSession:
+def create_session(model, threads: int = 0, optimized_model_path=None, profile_prefix=None) -> ort.InferenceSession:
     """A CPU session for ``model`` (a path or serialized bytes) with all graph optimisations (QDQ fusion included);
-    ``threads`` intra-op threads (0: onnxruntime's default); ``optimized_model_path``: also save the optimised graph."""
+    ``threads`` intra-op threads (0: onnxruntime's default); ``optimized_model_path``: also save the optimised graph;
+    ``profile_prefix``: profile every run (``session.end_profiling()`` writes the file and returns its path)."""
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3
@@ -15,6 +16,9 @@ def create_session(model, threads: int = 0, optimized_model_path=None) -> ort.In
         options.inter_op_num_threads = 1
     if optimized_model_path:
         options.optimized_model_filepath = str(optimized_model_path)
+    if profile_prefix:
+        options.enable_profiling = True
+        options.profile_file_prefix = str(profile_prefix)
     source = model if isinstance(model, bytes) else str(model)
     try:
         return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])

@@ -12,8 +12,9 @@ from ..quantization import is_quantized, is_quantizer_key
 from ..utils.io import atomic_path, atomic_write_bytes
 from ..utils.safe_load import load_pickle, load_torch
 
-QUANT_KEYS = ("ALGORITHM", "WEIGHT_BITS", "ACT_BITS", "FIRST_LAST_BITS", "DEPTHWISE_BITS", "OVERRIDES", "PER_CHANNEL")
-RECORDED_SINCE = {"DEPTHWISE_BITS": 0}  # keys added to the record later: their value in checkpoints without them
+QUANT_KEYS = ("ALGORITHM", "WEIGHT_BITS", "ACT_BITS", "FIRST_LAST_BITS", "DEPTHWISE_BITS", "OVERRIDES", "PER_CHANNEL",
+              "PLACEMENT")
+UNRECORDED = {"DEPTHWISE_BITS": 0, "PLACEMENT": "conv_input"}  # what checkpoints written before a key existed used
 logger = logging.getLogger(__name__)
 
 
@@ -43,9 +44,9 @@ def check_checkpoint_fits(checkpoint: dict, cfg, source: str) -> None:
     if recorded is None:
         return
     expected = quant_config_record(cfg)
-    recorded = {**RECORDED_SINCE, **recorded}
-    diffs = [f"MODEL.QUANT.{k}={recorded.get(k)!r} in the checkpoint vs {expected[k]!r} in the config"
-             for k in QUANT_KEYS if recorded.get(k) != expected[k]]
+    recorded = {k: recorded.get(k, UNRECORDED.get(k)) for k in QUANT_KEYS}
+    diffs = [f"MODEL.QUANT.{k}={recorded[k]!r} in the checkpoint vs {expected[k]!r} in the config"
+             for k in QUANT_KEYS if recorded[k] != expected[k]]
     if diffs:
         raise HQODInputError(f"{source} does not fit the config: {'; '.join(diffs)}; use matching MODEL.QUANT values")
 

@@ -18,6 +18,7 @@ from ..modeling.hqod_mixin import NORMALIZERS, HQODLossMixin
 from ..quantization import ALGORITHMS, OBSERVERS
 from ..quantization.base import check_bits
 from ..quantization.convert import parse_override
+from ..quantization.placement import PLACEMENTS
 from .schedules import RAMP_TYPES, parse_bit_schedule
 
 
@@ -103,7 +104,8 @@ def check_atss_config(atss) -> None:
 
 
 def check_quant_config(qcfg) -> None:
-    """MODEL.QUANT (``qcfg``): algorithm, bits, observers, calibration size, overrides and the quantizer schedule."""
+    """MODEL.QUANT (``qcfg``): algorithm, bits, observers, calibration size, overrides, placement and the quantizer
+    schedule."""
     if str(qcfg.ALGORITHM).upper() not in ALGORITHMS:
         raise HQODInputError(f"unknown MODEL.QUANT.ALGORITHM {qcfg.ALGORITHM!r}: use one of {', '.join(ALGORITHMS)}")
     for key in ("WEIGHT_BITS", "ACT_BITS", "FIRST_LAST_BITS"):
@@ -125,6 +127,8 @@ def check_quant_config(qcfg) -> None:
             check_bits(bits, f"bits in MODEL.QUANT.OVERRIDES entry {item!r}")
     if not 0 < qcfg.DSQ_ALPHA <= 0.5:
         raise HQODInputError(f"MODEL.QUANT.DSQ_ALPHA must be in (0, 0.5], got {qcfg.DSQ_ALPHA}")
+    if qcfg.PLACEMENT not in PLACEMENTS:
+        raise HQODInputError(f"unknown MODEL.QUANT.PLACEMENT {qcfg.PLACEMENT!r}: use one of {', '.join(PLACEMENTS)}")
     _check_quant_schedule(qcfg)
 
 

@@ -23,7 +23,9 @@ def quant_range(bits: int, signed: bool):
     return (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2 ** bits - 1)
 
 
-ROLES = ("weight", "input")
+# "weight" of a conv, "input": the activation a conv reads, "output": a conv's output after its norm and activation
+# (MODEL.QUANT.PLACEMENT "tensor").
+ROLES = ("weight", "input", "output")
 
 
 class QuantSpec(NamedTuple):
@@ -31,7 +33,7 @@ class QuantSpec(NamedTuple):
     · scale, with scale and zero_point per tensor (shape (1,)) or per channel along ``axis`` (shape (C,))."""
 
     name: str  # qualified module name, e.g. "head.cls_subnet.0.input_quant.2"
-    role: str  # "weight" (of a conv) or "input" (the activation a conv reads)
+    role: str  # "weight" (of a conv), "input" (the activation a conv reads) or "output" (a conv's output)
     bits: int
     signed: bool
     axis: Optional[int]  # per-channel axis of the quantized tensor (0: a conv weight's output channels), or None
@@ -44,7 +46,7 @@ class QuantSpec(NamedTuple):
 class FakeQuantizer(nn.Module):
     """Fake quantizer on a b-bit grid, per tensor or per output channel; ``signed=None``: signed iff a calibration
     input was negative on any rank. Fake quantization (default mode) raises until calibrated or loaded from QAT.
-    ``role`` declares what it quantizes ("weight" or "input"); ``spec()`` gives its runtime parameters."""
+    ``role`` declares what it quantizes (one of ``ROLES``); ``spec()`` gives its runtime parameters."""
 
     algorithm = ""
 

@@ -9,8 +9,18 @@ from ..errors import HQODInputError
 
 # The one definition of where a quantized conv keeps its quantizers, by role (hqod.quantization.base.ROLES): module
 # names, state-dict keys ("<conv>.input_quant.scale", "<conv>.input_quant.2.scale" per FPN level) and the checkpoint
-# guard (hqod.quantization.state.is_quantizer_key) all derive from it.
-QUANTIZER_ATTRIBUTES = {"weight": "weight_quant", "input": "input_quant"}
+# guard (hqod.quantization.state.is_quantizer_key) all derive from it. "output" exists only with PLACEMENT "tensor".
+QUANTIZER_ATTRIBUTES = {"weight": "weight_quant", "input": "input_quant", "output": "output_quant"}
+# Roles a conv's quantizers may have: under PLACEMENT "tensor" a conv reading another conv's quantized output uses
+# that output quantizer as its input quantizer.
+_ACCEPTED_ROLES = {"weight": ("weight",), "input": ("input", "output"), "output": ("output",)}
+
+
+def _members(quantizers):
+    """A conv's quantizers of one role as a list: a ModuleList's members, the one quantizer, or none."""
+    if quantizers is None:
+        return []
+    return list(quantizers) if isinstance(quantizers, nn.ModuleList) else [quantizers]
 
 
 def _pick(quantizer, call: int):
@@ -19,36 +29,46 @@ def _pick(quantizer, call: int):
 
 class QuantConvMixin:
     """Fake-quantizes weight and input, then convolves; Detectron2's norm and activation run as before (BN folded into
-    the weight if ``fold_bn``). A ModuleList of quantizers is indexed by the call number (FPN level) in a forward; a
-    weight quantizer shared by all calls runs once per forward of the converted model (``quantized_weight_bias``)."""
+    the weight if ``fold_bn``), then the output quantizer if any. A ModuleList of quantizers is indexed by the call
+    number (FPN level) in a forward; a weight quantizer shared by all calls runs once per forward of the converted
+    model (``quantized_weight_bias``). ``activation_memo`` (PLACEMENT "tensor"): input and output quantizers shared
+    between convs run through it, so that each tensor is quantized once per forward."""
 
-    def attach_quantizers(self, weight_quant: nn.Module, input_quant: nn.Module, fold_bn: bool = False):
-        for role, quantizers in (("weight", weight_quant), ("input", input_quant)):
-            members = quantizers if isinstance(quantizers, nn.ModuleList) else [quantizers]
-            if any(q.role != role for q in members):
+    def attach_quantizers(self, weight_quant: nn.Module, input_quant: nn.Module, fold_bn: bool = False,
+                          output_quant=None, activation_memo=None):
+        for role, quantizers in (("weight", weight_quant), ("input", input_quant), ("output", output_quant)):
+            if any(q.role not in _ACCEPTED_ROLES[role] for q in _members(quantizers)):
                 raise HQODInputError(f"a {role} quantizer of {type(self).__name__} was built with another role")
             setattr(self, QUANTIZER_ATTRIBUTES[role], quantizers)
         self.fold_bn = fold_bn
+        self.activation_memo = activation_memo
         self.calls = 0
         self.weight_memo = None  # a list during a forward of the converted model: [(weight, bias)] once computed
 
     def quantizer(self, role: str, call: int = 0):
-        """The ``role`` quantizer ("weight" or "input") used by call ``call`` (FPN level) of a forward pass."""
-        return _pick(getattr(self, QUANTIZER_ATTRIBUTES[role]), call)
+        """The ``role`` quantizer ("weight", "input" or "output") used by call ``call`` (FPN level) of a forward pass;
+        None for a conv without output quantizer."""
+        quantizers = getattr(self, QUANTIZER_ATTRIBUTES[role], None)
+        return None if quantizers is None else _pick(quantizers, call)
 
     def role_quantizers(self, role: str):
-        """Every ``role`` quantizer of this conv (one, or one per FPN level)."""
-        quantizers = getattr(self, QUANTIZER_ATTRIBUTES[role])
-        return list(quantizers) if isinstance(quantizers, nn.ModuleList) else [quantizers]
+        """Every ``role`` quantizer of this conv (one, or one per FPN level; none for a missing output quantizer)."""
+        return _members(getattr(self, QUANTIZER_ATTRIBUTES[role], None))
 
     def forward(self, x):
         call, self.calls = self.calls, self.calls + 1
-        x = self.quantizer("input", call)(x)
-        x = self._conv_forward(x, *self.quantized_weight_bias(call))
+        x = self._conv_forward(self._quantize_activation("input", call, x), *self.quantized_weight_bias(call))
         norm, activation = getattr(self, "norm", None), getattr(self, "activation", None)
         if norm is not None and not self.fold_bn:
             x = norm(x)
-        return activation(x) if activation is not None else x
+        x = activation(x) if activation is not None else x
+        return self._quantize_activation("output", call, x)
+
+    def _quantize_activation(self, role, call, x):
+        quantizer = self.quantizer(role, call)
+        if quantizer is None:
+            return x
+        return quantizer(x) if self.activation_memo is None else self.activation_memo(quantizer, x)
 
     def quantized_weight_bias(self, call: int = 0):
         """The fake-quantized weight and the bias of call ``call``. Within a forward of the converted model a weight
@@ -109,23 +129,27 @@ def can_fold_bn(conv) -> bool:
 
 
 def reset_call_counters(model, inputs=None):
-    """Forward pre-hook of the converted model: the next call of each conv is call 0 (the first FPN level)."""
+    """Forward pre-hook of the converted model: the next call of each conv is call 0 (the first FPN level), and no
+    activation is memoised yet."""
     for module in model.modules():
         if isinstance(module, QuantConvMixin):
             module.calls = 0
+            if module.activation_memo is not None:
+                module.activation_memo.clear()
 
 
 def open_weight_memos(model, inputs=None):
     """Forward pre-hook of the converted model: each conv may keep its quantized weight for the later calls."""
-    _set_weight_memos(model, list)
-
-
-def release_weight_memos(model, inputs=None, outputs=None):
-    """Forward hook of the converted model: the convs drop the quantized weights kept during the forward."""
-    _set_weight_memos(model, lambda: None)
-
-
-def _set_weight_memos(model, make):
     for module in model.modules():
         if isinstance(module, QuantConvMixin):
-            module.weight_memo = make()
+            module.weight_memo = []
+
+
+def release_memos(model, inputs=None, outputs=None):
+    """Forward hook of the converted model: the convs drop the quantized weights and activations kept during the
+    forward, so that nothing of the pass outlives it."""
+    for module in model.modules():
+        if isinstance(module, QuantConvMixin):
+            module.weight_memo = None
+            if module.activation_memo is not None:
+                module.activation_memo.clear()
