@@ -1,5 +1,7 @@
-"""Shared fixtures: the repository root, train_net.py in a subprocess, project configs on the CPU, and a small
-COCO-format subset of the built-in shapes validation set for quick evaluations."""
+"""Shared fixtures: the repository root, train_net.py in a subprocess, project configs on the CPU, a small
+COCO-format subset of the built-in shapes validation set for quick evaluations, tools/deploy scripts as modules, and
+random images and weights for tiny untrained detectors."""
+import importlib.util
 import json
 import os
 import pathlib
@@ -12,6 +14,7 @@ import pytest
 import torch
 from detectron2.config import get_cfg
 from detectron2.data import MetadataCatalog
+from torch import nn
 
 from hqod.config import add_hqod_config
 from hqod.data import validate_dataset
@@ -127,5 +130,53 @@ def tiny_detector_cfg():
             for key, value in values.items():
                 cfg.MODEL[section][key] = value
         return cfg
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def deploy_tool(root):
+    """``deploy_tool(name)``: tools/deploy/<name>.py imported as a module."""
+
+    def load(name):
+        spec = importlib.util.spec_from_file_location(name, root / "tools" / "deploy" / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    return load
+
+
+@pytest.fixture(scope="session")
+def lively():
+    """``lively(model)``: random weights of moderate gain, biases and BN statistics and affines, so that every layer
+    of an untrained detector carries a signal (seeded); returns the model."""
+
+    def randomize(model):
+        torch.manual_seed(0)
+        for module in model.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+                module.weight.data.mul_(0.5)
+                if module.bias is not None:
+                    nn.init.normal_(module.bias, std=0.1)
+            if getattr(module, "running_var", None) is not None:
+                module.running_mean.normal_(0, 0.1)
+                module.running_var.uniform_(0.5, 2)
+                module.weight.data.uniform_(0.5, 1.5)
+                module.bias.data.normal_(0, 0.1)
+        return model
+
+    return randomize
+
+
+@pytest.fixture(scope="session")
+def random_images():
+    """``random_images(count, seed, size)``: Detectron2 inputs of ``count`` random size x size RGB images."""
+
+    def make(count, seed, size):
+        g = torch.Generator().manual_seed(seed)
+        return [{"image": (torch.rand(3, size, size, generator=g) * 255).round(), "height": size, "width": size}
+                for _ in range(count)]
 
     return make

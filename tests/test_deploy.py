@@ -1,6 +1,5 @@
 """ONNX export (QuantizeLinear / DequantizeLinear) of tiny QAT and FP detectors, their agreement with PyTorch in
 onnxruntime, the integer kernels of the W8A8 folded-BN recipe, the onnxruntime detector and the deploy tools."""
-import importlib.util
 import json
 import math
 
@@ -10,7 +9,6 @@ import pytest
 import torch
 from detectron2.data import DatasetCatalog, DatasetMapper
 from detectron2.modeling import build_model
-from torch import nn
 
 from hqod.deploy import OnnxDetector, export_onnx, integer_nodes
 from hqod.deploy.export import default_input_size
@@ -35,34 +33,11 @@ RECIPES = {  # name: (config, overrides)
 }
 
 
-def lively(model):
-    """Random weights with a moderate gain, biases and BN statistics, so that every layer carries a signal."""
-    torch.manual_seed(0)
-    for module in model.modules():
-        if isinstance(module, nn.Conv2d):
-            nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
-            module.weight.data.mul_(0.5)
-            if module.bias is not None:
-                nn.init.normal_(module.bias, std=0.1)
-        if getattr(module, "running_var", None) is not None:
-            module.running_mean.normal_(0, 0.1)
-            module.running_var.uniform_(0.5, 2)
-            module.weight.data.uniform_(0.5, 1.5)
-            module.bias.data.normal_(0, 0.1)
-    return model
-
-
-def images(count, seed):
-    g = torch.Generator().manual_seed(seed)
-    return [{"image": (torch.rand(3, SIZE, SIZE, generator=g) * 255).round(), "height": SIZE, "width": SIZE}
-            for _ in range(count)]
-
-
 _BUILT = {}
 
 
 @pytest.fixture
-def exported(get_config, tmp_path_factory):
+def exported(get_config, tmp_path_factory, lively, random_images):
     """``exported(recipe)``: (cfg, eval-mode model, export folder, record) of a tiny calibrated MobileNetV2
     RetinaNet exported at 128², with the agreement measured on a random image (built once per recipe)."""
 
@@ -73,9 +48,9 @@ def exported(get_config, tmp_path_factory):
             model = lively(build_model(cfg))
             if cfg.MODEL.QUANT.ENABLED:
                 convert_to_qat(model, cfg)
-                calibrate(model, [[x] for x in images(2, seed=0)], 2)
+                calibrate(model, [[x] for x in random_images(2, 0, SIZE)], 2)
             model.eval()
-            sample = FixedSizeInput(model, SIZE, SIZE)(images(1, seed=1)).tensor
+            sample = FixedSizeInput(model, SIZE, SIZE)(random_images(1, 1, SIZE)).tensor
             folder = tmp_path_factory.mktemp(recipe)
             _BUILT[recipe] = cfg, model, folder, export_onnx(cfg, model, folder, SIZE, SIZE, sample)
         return _BUILT[recipe]
@@ -204,32 +179,26 @@ def test_export_refuses_an_uncalibrated_qat_model(get_config, tmp_path):
         export_onnx(cfg, model, tmp_path, SIZE + 16, SIZE)
 
 
-def _tool(root, name):
-    spec = importlib.util.spec_from_file_location(name, root / "tools" / "deploy" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
-def qat_checkpoint(tmp_path_factory, get_config):
+def qat_checkpoint(tmp_path_factory, get_config, lively, random_images):
     """A calibrated tiny W4A4 checkpoint and the yaml it was trained with."""
     folder = tmp_path_factory.mktemp("deploy_ckpt")
     cfg = get_config(QAT, *TINY)
     model = convert_to_qat(lively(build_model(cfg)), cfg)
-    calibrate(model, [[x] for x in images(1, seed=0)], 1)
+    calibrate(model, [[x] for x in random_images(1, 0, SIZE)], 1)
     HQODCheckpointer(model, str(folder), cfg=cfg).save("qat")
     (folder / "qat.yaml").write_text(cfg.dump())
     return folder
 
 
-def test_export_and_evaluate_tools(root, qat_checkpoint, tiny_shapes_val, capsys):
+def test_export_and_evaluate_tools(deploy_tool, qat_checkpoint, tiny_shapes_val, capsys):
     config, out = str(qat_checkpoint / "qat.yaml"), qat_checkpoint / "onnx"
-    _tool(root, "export_onnx").main(_tool(root, "export_onnx").parse_args(
+    export = deploy_tool("export_onnx")
+    export.main(export.parse_args(
         ["--config-file", config, "--output", str(out), "--opts", "MODEL.WEIGHTS", str(qat_checkpoint / "qat.pth")]))
     printed = capsys.readouterr().out
     assert "model.onnx" in printed and "quantizers" in printed and "onnxruntime vs PyTorch" in printed
-    evaluate = _tool(root, "evaluate_onnx")
+    evaluate = deploy_tool("evaluate_onnx")
     results = evaluate.main(evaluate.parse_args(["--config-file", config, "--model", str(out), "--dataset",
                                                  "tiny_shapes_val", "--opts", "DATASETS.COCO_FORMAT",
                                                  f"('{tiny_shapes_val}',)"]))

@@ -1,7 +1,6 @@
 """MODEL.QUANT.PLACEMENT "tensor": the dataflow found in the dry run (shared input quantizers, output quantizers on
 convs read by other ops, none on predictors), one quantization per tensor and forward, the unchanged default,
 checkpoints, and the ONNX export that lets onnxruntime run more convs as integer kernels."""
-import importlib.util
 
 import hqod  # noqa: F401  (before any detectron2 import)
 import onnx
@@ -24,32 +23,18 @@ FCOS = "shapes/fcos_MNV2_lsq_w8a8_pc_foldbn.yaml"
 TENSOR = ["MODEL.QUANT.PLACEMENT", "tensor"]
 
 
-def images(count, seed):
-    g = torch.Generator().manual_seed(seed)
-    return [{"image": (torch.rand(3, SIZE, SIZE, generator=g) * 255).round(), "height": SIZE, "width": SIZE}
-            for _ in range(count)]
+@pytest.fixture
+def quantized(lively, random_images):
+    """``quantized(cfg, calibrated=True)``: the randomised detector of ``cfg``, converted (and calibrated) in eval
+    mode."""
 
+    def build(cfg, calibrated=True):
+        model = convert_to_qat(lively(build_model(cfg)), cfg)
+        if calibrated:
+            calibrate(model, [[x] for x in random_images(2, 0, SIZE)], 2)
+        return model.eval()
 
-def lively(model):
-    """Random weights, biases and BN statistics of moderate gain, so that every layer carries a signal."""
-    torch.manual_seed(0)
-    for module in model.modules():
-        if isinstance(module, nn.Conv2d):
-            nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
-            module.weight.data.mul_(0.5)
-            if module.bias is not None:
-                nn.init.normal_(module.bias, std=0.1)
-        if getattr(module, "running_var", None) is not None:
-            module.running_mean.normal_(0, 0.1)
-            module.running_var.uniform_(0.5, 2)
-    return model
-
-
-def quantized(cfg, calibrated=True):
-    model = convert_to_qat(lively(build_model(cfg)), cfg)
-    if calibrated:
-        calibrate(model, [[x] for x in images(2, seed=0)], 2)
-    return model.eval()
+    return build
 
 
 def convs(model):
@@ -57,7 +42,7 @@ def convs(model):
 
 
 @pytest.fixture
-def tiny(get_config):
+def tiny(get_config, quantized):
     """``tiny(config, *opts)``: a converted, calibrated tiny detector in eval mode and its config."""
 
     def build(config, *opts):
@@ -100,14 +85,14 @@ def test_fcos_group_norm_towers_quantize_their_outputs(tiny):
         assert not predictor.role_quantizers("output")
 
 
-def test_each_tensor_is_quantized_once_per_forward(tiny):
+def test_each_tensor_is_quantized_once_per_forward(tiny, random_images):
     _, model = tiny(RETINANET, *TENSOR)
     calls = {}
     activation = [q for _, q in quantizers(model) if q.role != "weight"]
     handles = [q.register_forward_hook(lambda m, i, o: calls.__setitem__(m, calls.get(m, 0) + 1))
                for q in activation]
     with torch.no_grad():
-        model(images(1, seed=2))
+        model(random_images(1, 2, SIZE))
     for handle in handles:
         handle.remove()
     assert set(calls) == set(activation) and set(calls.values()) == {1}
@@ -126,7 +111,8 @@ def test_default_placement_keeps_one_input_quantizer_per_conv(tiny):
     assert all(c.activation_memo is None for c in found.values())
 
 
-def test_checkpoint_round_trip_keeps_shared_and_output_quantizers(tiny, get_config, tmp_path):
+def test_checkpoint_round_trip_keeps_shared_and_output_quantizers(tiny, quantized, get_config, random_images,
+                                                                  tmp_path):
     cfg, model = tiny(RETINANET, *TENSOR)
     HQODCheckpointer(model, str(tmp_path), cfg=cfg).save("model")
     state = model.state_dict()
@@ -135,7 +121,7 @@ def test_checkpoint_round_trip_keeps_shared_and_output_quantizers(tiny, get_conf
     fresh = quantized(cfg, calibrated=False)
     HQODCheckpointer(fresh, str(tmp_path), cfg=cfg).load(str(tmp_path / "model.pth"))
     assert fresh.head.cls_subnet[0].input_quant[1] is fresh.head.bbox_subnet[0].input_quant[1]
-    batch = images(1, seed=3)
+    batch = random_images(1, 3, SIZE)
     with torch.no_grad():
         expected, found = model(batch)[0]["instances"], fresh(batch)[0]["instances"]
     assert len(expected) > 0 and torch.equal(expected.scores, found.scores)
@@ -144,23 +130,17 @@ def test_checkpoint_round_trip_keeps_shared_and_output_quantizers(tiny, get_conf
         HQODCheckpointer(quantized(plain, calibrated=False), str(tmp_path), cfg=plain).load(str(tmp_path / "model.pth"))
 
 
-def export(cfg, model, folder):
-    sample = FixedSizeInput(model, SIZE, SIZE)(images(1, seed=1)).tensor
+def export(cfg, model, folder, image):
+    sample = FixedSizeInput(model, SIZE, SIZE)(image).tensor
     return export_onnx(cfg, model, folder, SIZE, SIZE, sample)
 
 
-def benchmark_tool(root):
-    spec = importlib.util.spec_from_file_location("benchmark_onnx", root / "tools" / "deploy" / "benchmark_onnx.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_tensor_placement_exports_and_runs_more_integer_convs(tiny, tmp_path, root):
+def test_tensor_placement_exports_and_runs_more_integer_convs(tiny, random_images, deploy_tool, tmp_path):
     cfg, model = tiny(RETINANET, *TENSOR)
-    record = export(cfg, model, tmp_path / "tensor")
+    image = random_images(1, 1, SIZE)
+    record = export(cfg, model, tmp_path / "tensor", image)
     plain_cfg, plain = tiny(RETINANET)
-    export(plain_cfg, plain, tmp_path / "plain")
+    export(plain_cfg, plain, tmp_path / "plain", image)
     graph = onnx.load(str(tmp_path / "tensor" / "model.onnx")).graph
     specs = record["quantization"]["quantizers"]
     activations = [q for q in specs if q["role"] != "weight"]
@@ -179,5 +159,5 @@ def test_tensor_placement_exports_and_runs_more_integer_convs(tiny, tmp_path, ro
     assert any(name.startswith(projection) for name in tensor_nodes["integer"])
     float_convs = [n for n in tensor_nodes["float_convs"] if "cls_score" not in n and "bbox_pred" not in n]
     assert not float_convs  # only the predictors stay float
-    times = benchmark_tool(root).profile(str(tmp_path / "tensor"), 1, 2, 1)  # benchmark_onnx.py --profile
+    times = deploy_tool("benchmark_onnx").profile(str(tmp_path / "tensor"), 1, 2, 1)  # benchmark_onnx.py --profile
     assert times["QLinearConv"] > 0 and "Conv" in times and list(times.values()) == sorted(times.values())[::-1]

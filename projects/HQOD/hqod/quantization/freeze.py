@@ -5,8 +5,8 @@ from .qconv import QuantConvMixin
 
 
 def freeze_frozen_quantizers(model) -> int:
-    """Set ``requires_grad`` False on the parameters (step sizes, DSQ alpha, TQT thresholds) of the weight and input
-    quantizers of every converted conv whose weight does not require gradients (e.g. frozen by
+    """Set ``requires_grad`` False on the parameters (step sizes, DSQ alpha, TQT thresholds) of the quantizers of
+    every role (weight, input, output) of every converted conv whose weight does not require gradients (e.g. frozen by
     MODEL.BACKBONE.FREEZE_AT), so that the optimizer builder leaves them out as it does the frozen weights; calibration
     and checkpoint loading write them in place and keep the flag. Returns how many quantizers were frozen."""
     frozen = 0
