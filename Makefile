@@ -3,7 +3,7 @@ PY := .venv/bin/python
 STAMP := .venv/.hqod-setup-done
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: setup test test-d2main test-slow quickstart quickstart-qat bench bench-quick bench-ablation clean-cache
+.PHONY: setup test test-d2main test-slow quickstart quickstart-qat bench bench-hqod bench-quick bench-ablation clean-cache
 
 setup: $(STAMP)
 
@@ -57,18 +57,24 @@ quickstart-qat: setup
 	$(PY) train_net.py --config-file $(QUICKSTART_QAT)
 	$(PY) tools/compare_runs.py $(QUICKSTART_OUT) output/shapes/retinanet_MNV2_lsq_hqod_w4a4
 
-# Does HQOD help? FP vs LSQ vs LSQ + HQOD at W4A4 and W2A2 and TQT vs TQT + HQOD at W4A4, every dense detector
-# (RetinaNet, FCOS, ATSS), deepforest and shapes, 3 seeds, every run evaluated on val and test (about 2 h 15 min on 2
-# idle cores, estimated from per-run times); results (test; val kept in the JSON), plots and report in benchmarks/,
-# runs in output/bench/. Resumable.
+# Does HQOD help, with QAT that has converged? FP vs LSQ vs LSQ + HQOD at W4A4 and W2A2 with the recipe chosen on
+# val (tools/bench/plan.py CONVERGED: as long as FP, per-channel, depthwise convs at 8 bits), RetinaNet and FCOS on
+# shapes, 3 seeds, every run evaluated on val and test (about 2 hours on 2 idle cores); results (test; val kept in
+# the JSON), plots and report in benchmarks/, runs in output/bench/. Resumable.
 bench: setup
-	$(PY) tools/benchmark_hqod.py --mode full --tqt
+	$(PY) tools/benchmark_hqod.py --mode full
 
-# MODEL.HQOD.NORMALIZER "detector" vs "num_pos" for LSQ + HQOD W4A4 on shapes, every dense detector, 3 seeds; the
-# "detector" runs are those of `bench`.
+# The whole HQOD measurement: the converged recipe on shapes and deepforest, RetinaNet and FCOS, LSQ W4A4 / W2A2 and
+# TQT W4A4 each with and without HQOD, 5 seeds (about 11 hours on 2 cores; resumable, reuses `bench`'s runs).
+bench-hqod: setup
+	$(PY) tools/benchmark_hqod.py --mode hqod
+
+# MODEL.HQOD.NORMALIZER "detector" vs "num_pos" for LSQ + HQOD W4A4 on shapes, every dense detector, 3 seeds, short
+# QAT; the "detector" runs of RetinaNet seeds 1 and 2 are those of `bench-quick`.
 bench-ablation: setup
 	$(PY) tools/benchmark_hqod.py --mode ablation
 
-# The reduced bench (RetinaNet on shapes, LSQ only, 2 seeds: 11 runs that `bench` reuses), about 12 minutes on 2 cores.
+# The smoke bench: the first, short QAT (150 iterations, per-tensor), RetinaNet on shapes, LSQ only, 2 seeds
+# (11 runs), about 12 minutes on 2 cores.
 bench-quick: setup
 	$(PY) tools/benchmark_hqod.py --mode quick

@@ -38,17 +38,27 @@ def _opts(run) -> dict:
     return dict(zip(run.opts[::2], run.opts[1::2]))
 
 
+EVERY_DETECTOR = select(MODES["hqod"], detectors=list(DENSE_DETECTORS))
+
+
 def test_every_qat_run_starts_from_its_calibration_of_the_fp_checkpoint():
-    plan = build_plan(MODES["full"], "out", "cpu", FAKE_SETS, tqt=True)
-    by_dir = {run.output_dir: (i, run) for i, run in enumerate(plan)}
-    qat = [run for run in plan if run.setting in QAT_SETTINGS + TQT_SETTINGS]
+    for mode in (EVERY_DETECTOR, select(MODES["quick"], detectors=list(DENSE_DETECTORS))):
+        plan = build_plan(mode, "out", "cpu", FAKE_SETS, tqt=True)
+        _check_starts(plan, mode.recipe.name)
     assert {run.detector for run in plan} == set(DENSE_DETECTORS) == {"retinanet", "fcos", "atss"}
-    assert len(qat) == 2 * 3 * 3 * 6  # data sets x detectors x seeds x settings
+    qat = [run for run in build_plan(EVERY_DETECTOR, "out", "cpu", FAKE_SETS)
+           if run.setting in QAT_SETTINGS + TQT_SETTINGS]
+    assert len(qat) == 2 * 3 * 5 * 6  # data sets x detectors x seeds x settings (hqod mode: TQT included)
+
+
+def _check_starts(plan, recipe):
+    by_dir = {run.output_dir: (i, run) for i, run in enumerate(plan)}
     for i, run in enumerate(plan):
         if run.setting not in QAT_SETTINGS + TQT_SETTINGS:
             continue
         calib_index, calib = by_dir[run.weights.rsplit("/", 1)[0]]
         assert calib.setting == f"calib_{baseline_of(run.setting)}" and calib_index < i
+        assert f"/{recipe}/" in run.output_dir and f"/{recipe}/" in calib.output_dir
         assert (calib.dataset, calib.detector) == (run.dataset, run.detector) and not calib.evaluates
         fp_index, fp = by_dir[calib.weights.rsplit("/", 1)[0]]
         assert fp.is_fp and fp_index < calib_index and (fp.dataset, fp.detector) == (run.dataset, run.detector)
@@ -57,7 +67,7 @@ def test_every_qat_run_starts_from_its_calibration_of_the_fp_checkpoint():
 
 
 def test_hqod_run_differs_from_its_baseline_only_in_config_and_output():
-    plan = build_plan(MODES["full"], "out", "cpu", FAKE_SETS, tqt=True)
+    plan = build_plan(EVERY_DETECTOR, "out", "cpu", FAKE_SETS)
     index = {(r.dataset, r.detector, r.setting, r.seed): r for r in plan}
     checked = 0
     for (dataset, detector, setting, seed), hqod in index.items():
@@ -70,29 +80,30 @@ def test_hqod_run_differs_from_its_baseline_only_in_config_and_output():
         algorithm = setting.split("_")[0]
         assert hqod.config == base.config.replace(f"_{algorithm}_", f"_{algorithm}_hqod_")
         checked += 1
-    assert checked == 2 * 3 * 3 * 3
+    assert checked == 2 * 3 * 5 * 3
     assert pairs(QAT_SETTINGS + TQT_SETTINGS) == [("lsq_w4a4", "lsq_hqod_w4a4"), ("lsq_w2a2", "lsq_hqod_w2a2"),
                                                   ("tqt_w4a4", "tqt_hqod_w4a4")]
 
 
 def test_normaliser_ablation_changes_only_the_normaliser_from_the_same_calibrated_start():
     plan = build_plan(MODES["ablation"], "out", "cpu", {"shapes": FAKE_SETS["shapes"]})
-    full = {run.key: run for run in build_plan(MODES["full"], "out", "cpu", FAKE_SETS)}
+    short = select(MODES["quick"], detectors=list(DENSE_DETECTORS), seeds=3)
+    full = {run.key: run for run in build_plan(short, "out", "cpu", FAKE_SETS)}
     index = {(r.detector, r.setting, r.seed): r for r in plan}
     for detector in DENSE_DETECTORS:
         for seed in MODES["ablation"].seeds:
             base, numpos = index[detector, "lsq_hqod_w4a4", seed], index[detector, "lsq_hqod_w4a4_numpos", seed]
-            assert full[base.key] == base  # the detector-normaliser arm is the full bench's LSQ + HQOD run
+            assert full[base.key] == base  # the detector-normaliser arm is the short recipe's LSQ + HQOD run
             a, b = _opts(base), _opts(numpos)
             assert a.pop("OUTPUT_DIR") != b.pop("OUTPUT_DIR")
             assert b.pop("MODEL.HQOD.NORMALIZER") == "num_pos" and a == b and base.config == numpos.config
-            assert a["MODEL.WEIGHTS"].endswith(f"/shapes/{detector}/calib_lsq_w4a4/model_final.pth")
+            assert a["MODEL.WEIGHTS"].endswith(f"/shapes/{detector}/short/calib_lsq_w4a4/model_final.pth")
     assert pairs(NORMALIZER_SETTINGS) == [("lsq_hqod_w4a4", "lsq_hqod_w4a4_numpos")]
 
 
 def test_a_selection_is_a_subset_of_the_mode():
     atss = select(MODES["full"], detectors=["atss"], settings=["lsq_w4a4", "lsq_hqod_w4a4"])
-    full = {run.key: run for run in build_plan(MODES["full"], "out", "cpu", FAKE_SETS)}
+    full = {run.key: run for run in build_plan(EVERY_DETECTOR, "out", "cpu", FAKE_SETS)}
     plan = build_plan(atss, "out", "cpu", FAKE_SETS)
     assert {r.detector for r in plan} == {"atss"} and all(full[r.key] == r for r in plan)
     assert {r.setting for r in plan} == {"fp32", "calib_lsq_w4a4", "lsq_w4a4", "lsq_hqod_w4a4"}
@@ -112,7 +123,7 @@ def test_every_evaluating_run_is_evaluated_on_val_and_test_and_seeds_are_1_to_n(
         else:
             assert run.setting.startswith("calib_") and opts["DATASETS.TEST"] == "()"
     qat = [r for r in plan if r.setting in QAT_SETTINGS + TQT_SETTINGS]
-    assert {r.seed for r in qat} == {1, 2, 3, 4, 5} and len(qat) == 2 * 3 * 5 * 6
+    assert {r.seed for r in qat} == {1, 2, 3, 4, 5} and len(qat) == 2 * 5 * 6  # detectors x seeds x settings
     assert select(MODES["quick"]).seeds == (1, 2)
     with pytest.raises(ValueError, match="--seeds 0: give 1 or more seeds"):
         select(MODES["quick"], seeds=0)
@@ -134,15 +145,56 @@ def test_dry_run_prints_commands_on_both_splits_for_n_seeds(tmp_path, monkeypatc
     assert len(test_json["images"]) == DATA["shapes"].test_images == 200
 
 
-def test_quick_runs_are_runs_of_the_full_bench():
-    full = {run.key: run for run in build_plan(MODES["full"], "out", "cpu", FAKE_SETS)}
+def test_full_runs_are_runs_of_the_hqod_bench_and_every_recipe_shares_the_fp_runs():
+    hqod = {run.key: run for run in build_plan(MODES["hqod"], "out", "cpu", FAKE_SETS)}
+    full = build_plan(MODES["full"], "out", "cpu", FAKE_SETS)
+    assert full and all(hqod[run.key] == run for run in full)
+    assert len(MODES["full"].seeds) >= 3 and len(MODES["hqod"].seeds) >= 5
+    assert set(TQT_SETTINGS) <= set(MODES["hqod"].settings) and set(MODES["hqod"].datasets) == set(DATA)
     quick = build_plan(MODES["quick"], "out", "cpu", {"shapes": FAKE_SETS["shapes"]})
-    assert quick and all(full[run.key] == run for run in quick)
-    assert len(MODES["full"].seeds) >= 3
-    deepforest_train = [r for r in full.values() if r.dataset == "deepforest" and r.evaluates]
+    assert [r for r in quick if r.is_fp] == [r for r in full if r.is_fp and r.detector == "retinanet"]
+    assert not {r.output_dir for r in quick if not r.is_fp} & {r.output_dir for r in full}
+    deepforest_train = [r for r in hqod.values() if r.dataset == "deepforest" and r.evaluates]
     assert all(_opts(r)["DATASETS.TRAIN"] == "('bench_t',)" for r in deepforest_train)
-    assert all(_opts(r)["SOLVER.MAX_ITER"] == str(DATA["deepforest"].qat_iters)
-               for r in deepforest_train if not r.is_fp)
+    assert all(_opts(r)["SOLVER.MAX_ITER"] == str(DATA["deepforest"].fp_iters) for r in deepforest_train
+               if "w4a4" in r.setting or r.is_fp)
+    assert all(_opts(r)["SOLVER.MAX_ITER"] == str(DATA["shapes"].short_qat_iters) for r in quick if r.evaluates
+               and not r.is_fp)
+
+
+def test_converged_recipe_trains_as_long_as_fp_at_a_fraction_of_its_lr_with_its_quantizer_keys():
+    plan = build_plan(MODES["hqod"], "out", "cpu", FAKE_SETS)
+    recipe_keys = {"MODEL.QUANT.PER_CHANNEL": "True", "MODEL.QUANT.DEPTHWISE_BITS": "8",
+                   "MODEL.QUANT.FREEZE_FROZEN_QUANTIZERS": "True"}
+    fp_lr = {("shapes", "retinanet"): 0.005, ("shapes", "fcos"): 0.01,  # the FP configs' learning rates
+             ("deepforest", "retinanet"): DATA["deepforest"].fp_lr, ("deepforest", "fcos"): DATA["deepforest"].fp_lr}
+    checked = 0
+    for run in plan:
+        opts = _opts(run)
+        if run.is_fp:
+            assert not set(recipe_keys) & set(opts)
+            continue
+        assert {k: opts[k] for k in recipe_keys} == recipe_keys  # calibration runs too: the quantizers' shape
+        if not run.evaluates:
+            assert opts["SOLVER.BASE_LR"] == "0.0" and "MODEL.QUANT.SCHEDULE.BITS" not in opts
+            continue
+        two_bit = run.setting.endswith("w2a2")
+        iters = DATA[run.dataset].fp_iters * (2 if two_bit else 1)
+        assert opts["SOLVER.MAX_ITER"] == str(iters) and run.max_iter == iters
+        assert opts["SOLVER.STEPS"] == str((int(iters * 0.75), int(iters * 0.9)))
+        factor = 1.6 if two_bit else 0.8
+        assert float(opts["SOLVER.BASE_LR"]) == pytest.approx(factor * fp_lr[run.dataset, run.detector])
+        if two_bit:
+            assert opts["MODEL.QUANT.SCHEDULE.BITS"] == repr(["0:4:4", f"{iters // 4}:3:3", f"{iters // 2}:2:2"])
+        else:
+            assert "MODEL.QUANT.SCHEDULE.BITS" not in opts
+        checked += 1
+    assert checked == 2 * 2 * 5 * 6
+    short = [r for r in build_plan(MODES["quick"], "out", "cpu", FAKE_SETS) if not r.is_fp]
+    assert short and not any(set(recipe_keys) & set(_opts(r)) or "MODEL.QUANT.SCHEDULE.BITS" in _opts(r)
+                             for r in short)
+    assert all(_opts(r)["SOLVER.BASE_LR"] == "0.0" for r in short if not r.evaluates)
+    assert not any("SOLVER.BASE_LR" in _opts(r) for r in short if r.evaluates)  # the QAT configs' own
 
 
 def _record(setting, seed, ap, status="ok", dataset="shapes", detector="retinanet"):
@@ -450,3 +502,19 @@ def test_bootstrap_interval_is_of_the_mean_and_reproducible():
     assert stats.bootstrap_interval(values) == [low, high]  # fixed RNG seed
     assert stats.bootstrap_interval([1.0, -1.0, 4.0]) == [-1.0, 4.0]  # each extreme has probability 1/27 > 2.5%
     assert stats.bootstrap_interval([0.5] * 5) == [0.5, 0.5]
+
+
+def test_compare_runs_prints_a_row_per_test_set_of_a_bench_run_and_one_for_a_single_set_run(tmp_path, capsys):
+    import compare_runs
+    bench, single = tmp_path / "bench", tmp_path / "single"
+    bench.mkdir(), single.mkdir()
+    rows = [{"iteration": 9, "total_loss": 1.0},
+            {"iteration": 9, "bench_v/bbox/AP": 61.0, "bench_v/harmony/pearson": 0.5,
+             "bench_s/bbox/AP": 52.0, "bench_s/harmony/pearson": 0.4}]
+    (bench / "metrics.json").write_text("\n".join(json.dumps(r) for r in rows))
+    (single / "metrics.json").write_text(json.dumps({"iteration": 9, "bbox/AP": 70.5, "harmony/pearson": 0.9}))
+    compare_runs.main([str(bench), str(single)])
+    lines = capsys.readouterr().out.splitlines()[1:]
+    assert [line.split()[:3] for line in lines] == [["bench", "bench_s", "52.000"], ["bench", "bench_v", "61.000"],
+                                                   ["single", "70.500", "nan"]]
+    assert lines[0].split()[5] == "0.400" and lines[2].split()[4] == "0.900"

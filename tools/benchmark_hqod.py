@@ -1,20 +1,22 @@
 #!/usr/bin/env python
-"""Does HQOD help? FP vs LSQ vs LSQ + HQOD at W4A4 and W2A2 on deepforest and hqod_shapes (MobileNetV2-FPN
-RetinaNet / FCOS / ATSS), every run a train_net.py subprocess evaluated on val and test; AP, harmony, paired per-seed
-differences with 95% intervals and sign tests, speed, plots.
+"""Does HQOD help? FP vs LSQ vs LSQ + HQOD at W4A4 and W2A2 (and TQT vs TQT + HQOD at W4A4) on hqod_shapes and
+deepforest (MobileNetV2-FPN RetinaNet / FCOS / ATSS), every run a train_net.py subprocess evaluated on val and
+test; AP, harmony, paired per-seed differences with 95% intervals and sign tests, speed, plots.
 
-    python tools/benchmark_hqod.py --mode quick   # make bench-quick: RetinaNet on shapes, 2 seeds
-    python tools/benchmark_hqod.py --mode full --tqt  # make bench: every detector on both data sets, 3 seeds,
-                                                      # TQT W4A4 with and without HQOD too
-    python tools/benchmark_hqod.py --mode ablation    # MODEL.HQOD.NORMALIZER detector vs num_pos, LSQ+HQOD W4A4
-    python tools/benchmark_hqod.py --mode full --detectors atss --settings lsq_w4a4 lsq_hqod_w4a4 --name atss
-    python tools/benchmark_hqod.py --mode full --tqt --seeds 5    # seeds 1..5 instead of the mode's
+    python tools/benchmark_hqod.py --mode quick   # make bench-quick: short QAT, RetinaNet on shapes, LSQ, 2 seeds
+    python tools/benchmark_hqod.py --mode full    # make bench: the converged recipe, RetinaNet and FCOS on shapes,
+                                                  # LSQ at W4A4 and W2A2, 3 seeds
+    python tools/benchmark_hqod.py --mode hqod    # make bench-hqod: the converged recipe on both data sets, LSQ
+                                                  # and TQT, 5 seeds (hours; full's runs are its runs)
+    python tools/benchmark_hqod.py --mode ablation    # MODEL.HQOD.NORMALIZER detector vs num_pos (short QAT)
+    python tools/benchmark_hqod.py --mode full --detectors atss --name atss
+    python tools/benchmark_hqod.py --mode full --tqt --seeds 5    # TQT too, seeds 1..5 instead of the mode's
 
 Resumable: a run whose output folder holds the final evaluation of the same command is not run again, and the
-runs of a smaller selection are runs of the full mode too. Runs go to output/bench/; results_<name>.json,
-results_<name>.md and the PNGs (<name> defaults to the mode) go to benchmarks/. The JSON keeps both splits' metrics;
-the report and the figures show ``--report-split`` (test: settings are chosen on val). On a CUDA machine every run
-gets MODEL.DEVICE cuda.
+runs of a smaller selection of the same recipe are the same runs. Runs go to output/bench/ (FP runs shared, QAT
+runs per recipe: short/ or converged/); results_<name>.json, results_<name>.md and the PNGs (<name> defaults to
+the mode) go to benchmarks/. The JSON keeps both splits' metrics; the report and the figures show
+``--report-split`` (test: settings are chosen on val). On a CUDA machine every run gets MODEL.DEVICE cuda.
 """
 import argparse
 import dataclasses
@@ -79,7 +81,9 @@ def run_all(runs, results, json_path, timeout_s):
         if run.weights in failed_outputs:
             record = dict(describe(run), status="failed", error=f"{run.weights} was not made (that run failed)")
         elif is_complete(run):
-            measured = {k: v for k, v in previous.get(run.key, {}).items() if k in ("wall_s", "peak_rss_mb", "rc")}
+            earlier = previous.get(run.key, {})
+            earlier = earlier if earlier.get("output_dir") == run.output_dir else {}  # not another recipe's run
+            measured = {k: v for k, v in earlier.items() if k in ("wall_s", "peak_rss_mb", "rc")}
             record = dict(describe(run), **measured, reused=True)
         else:
             print(f"[{i}/{len(runs)}] {run.key} ...", flush=True)

@@ -1,15 +1,22 @@
 """The benchmark plan: per mode, which train_net.py runs with which ``KEY VALUE`` overrides. Per data set and
-detector: one FP run; one calibration run per quantizer and bit width (train_net.py with one iteration at LR 0,
-no evaluation: the FP checkpoint with calibrated quantizers); then every QAT setting x seed from it, so that a
-baseline and its HQOD variant start from the very same calibrated model.
+detector: one FP run; per QAT recipe, one calibration run per quantizer and bit width (train_net.py with one
+iteration at LR 0, no evaluation: the FP checkpoint with calibrated quantizers); then every QAT setting x seed from
+it, so that a baseline and its HQOD variant start from the very same calibrated model.
 
 Detectors are those of hqod's table (``hqod.modeling.detectors.DENSE_DETECTORS``), their configs found by name:
 ``configs/quickstart_<det>_mnv2_shapes.yaml`` / ``configs/deepforest/<det>_MNV2_FPN_fp32.yaml`` (FP) and
 ``configs/<data>/<det>_MNV2_<setting>.yaml`` (QAT). A setting may end in a variant (``lsq_hqod_w4a4_numpos``): the
 setting's config with the variant's overrides, compared with the setting itself."""
-from dataclasses import dataclass
+import dataclasses
+import functools
+import pathlib
+from dataclasses import dataclass, field
 
+from detectron2.config import get_cfg
+from hqod.config import add_hqod_config
 from hqod.modeling.detectors import DENSE_DETECTORS
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
 
 QAT_SETTINGS = ("lsq_w4a4", "lsq_hqod_w4a4", "lsq_w2a2", "lsq_hqod_w2a2")
 TQT_SETTINGS = ("tqt_w4a4", "tqt_hqod_w4a4")
@@ -41,39 +48,88 @@ class DataSpec:
     test_size: int
     crop: int  # train on fixed square crops of this size cut from the training images (bench.data), 0: whole images
     fp_iters: int
-    qat_iters: int
+    short_qat_iters: int  # QAT iterations of the short recipe (the converged one trains as long as FP)
     fp_lr: float = 0.0  # FP learning rate; 0 keeps the FP config's
 
 
 DATA = {
     "shapes": DataSpec("hqod_shapes_train", "hqod_shapes_val", val_images=100, test="hqod_shapes_test",
-                       test_images=200, train_size=192, test_size=192, crop=0, fp_iters=1200, qat_iters=150),
+                       test_images=200, train_size=192, test_size=192, crop=0, fp_iters=1200,
+                       short_qat_iters=150),
     "deepforest": DataSpec("deepforest_train", "deepforest_val", val_images=7, test="deepforest_test", test_images=6,
-                           train_size=256, test_size=400, crop=256, fp_iters=1000, qat_iters=80,
+                           train_size=256, test_size=400, crop=256, fp_iters=1000,
+                           short_qat_iters=80,
                            fp_lr=0.005),  # 155 crops of the 43 tiles; val and test: all their tiles (7 and 6)
 }
 SPLITS = ("val", "test")  # every evaluating run is evaluated on both, in this order (DATASETS.TEST)
 
 
 @dataclass(frozen=True)
+class Recipe:
+    """How the QAT runs of a mode train. Warm-up and LR steps are fractions of the run; per bit width,
+    ``lr_factor[bits]`` x the FP run's learning rate is the QAT one (no entry: the QAT config's own); ``quant`` holds MODEL.QUANT ``KEY VALUE`` pairs per
+    bit width (0: every width), which the calibration run gets too, as they shape the quantizers it calibrates;
+    ``bit_schedule`` holds per bit width a progressive schedule, ((fraction of the run, bits), ...), ending at that
+    width (MODEL.QUANT.SCHEDULE.BITS of the QAT runs). A recipe's runs have their own folders."""
+    name: str
+    converged: bool  # as long as the FP schedule (DataSpec.fp_iters) x ``length``, else DataSpec.short_qat_iters
+    warmup: float
+    steps: tuple
+    lr_factor: dict = field(default_factory=dict)
+    length: dict = field(default_factory=dict)  # bits -> multiple of the FP schedule (converged recipes; default 1)
+    quant: dict = field(default_factory=dict)
+    bit_schedule: dict = field(default_factory=dict)
+
+    def iters(self, spec: DataSpec, bits: int) -> int:
+        return spec.fp_iters * self.length.get(bits, 1) if self.converged else spec.short_qat_iters
+
+    def quant_opts(self, bits: int) -> list:
+        return [*self.quant.get(0, ()), *self.quant.get(bits, ())]
+
+    def bit_schedule_opts(self, bits: int, iters: int) -> list:
+        steps = self.bit_schedule.get(bits)
+        if not steps:
+            return []
+        entries = [f"{int(iters * fraction)}:{b}:{b}" for fraction, b in steps]
+        return ["MODEL.QUANT.SCHEDULE.BITS", repr(entries)]
+
+
+# The bench's first QAT: short, per-tensor, each QAT config's own learning rate (BENCHMARKS.md, issue #6).
+SHORT = Recipe("short", converged=False, warmup=0.15, steps=(2 / 3, 0.9))
+# The recipe chosen on shapes val (BENCHMARKS.md, "Closing the gap to FP"): per-channel weight steps, MobileNetV2's
+# depthwise convs at 8 bits, frozen convs' quantizers kept as calibrated; W4A4 as long as FP at 0.8 x its LR; W2A2
+# twice as long at 1.6 x its LR, with a progressive bit schedule 4 -> 3 -> 2 over the first half. Deepforest takes
+# it over unchanged (not chosen on its val).
+CONVERGED = Recipe(
+    "converged", converged=True, warmup=0.1, steps=(0.75, 0.9), lr_factor={4: 0.8, 2: 1.6}, length={2: 2},
+    quant={0: ("MODEL.QUANT.PER_CHANNEL", "True", "MODEL.QUANT.DEPTHWISE_BITS", "8",
+               "MODEL.QUANT.FREEZE_FROZEN_QUANTIZERS", "True")},
+    bit_schedule={2: ((0.0, 4), (0.25, 3), (0.5, 2))})
+
+
+@dataclass(frozen=True)
 class Mode:
-    """One bench size: data sets, detectors, seeds and QAT settings. A run's settings do not depend on the mode,
-    so the runs of the quick mode are runs of the full mode too (and are reused by it)."""
+    """One bench size: data sets, detectors, seeds, QAT settings and recipe. A run's settings depend on its recipe,
+    not on the mode, so modes of one recipe share their runs (the FP runs are shared by all): ``full``'s runs are
+    runs of ``hqod`` and are reused by it."""
     name: str
     datasets: tuple
     detectors: tuple
     seeds: tuple
     settings: tuple
     speed_iters: int
+    recipe: Recipe = CONVERGED
 
 
 MODES = {
     "quick": Mode("quick", datasets=("shapes",), detectors=("retinanet",), seeds=(1, 2), settings=QAT_SETTINGS,
-                  speed_iters=5),
-    "full": Mode("full", datasets=("shapes", "deepforest"), detectors=tuple(DENSE_DETECTORS), seeds=(1, 2, 3),
+                  speed_iters=5, recipe=SHORT),
+    "full": Mode("full", datasets=("shapes",), detectors=("retinanet", "fcos"), seeds=(1, 2, 3),
                  settings=QAT_SETTINGS, speed_iters=10),
+    "hqod": Mode("hqod", datasets=tuple(DATA), detectors=("retinanet", "fcos"), seeds=(1, 2, 3, 4, 5),
+                 settings=QAT_SETTINGS + TQT_SETTINGS, speed_iters=0),
     "ablation": Mode("ablation", datasets=("shapes",), detectors=tuple(DENSE_DETECTORS), seeds=(1, 2, 3),
-                     settings=NORMALIZER_SETTINGS, speed_iters=0),
+                     settings=NORMALIZER_SETTINGS, speed_iters=0, recipe=SHORT),
 }
 
 
@@ -152,9 +208,10 @@ def select(mode: Mode, detectors=None, datasets=None, settings=None, seeds=None)
         unknown = [c for c in chosen or () if c not in known]
         if unknown:
             raise ValueError(f"unknown {name} {', '.join(unknown)}: use {', '.join(known)}")
-    return Mode(mode.name, datasets=tuple(datasets or mode.datasets), detectors=tuple(detectors or mode.detectors),
-                seeds=tuple(range(1, seeds + 1)) if seeds else mode.seeds, settings=tuple(settings or mode.settings),
-                speed_iters=mode.speed_iters)
+    return dataclasses.replace(mode, datasets=tuple(datasets or mode.datasets),
+                               detectors=tuple(detectors or mode.detectors),
+                               seeds=tuple(range(1, seeds + 1)) if seeds else mode.seeds,
+                               settings=tuple(settings or mode.settings))
 
 
 def schedule_opts(iters: int, warmup_fraction: float, steps: tuple) -> list:
@@ -177,8 +234,10 @@ def data_opts(spec: DataSpec, sets: dict) -> list:
 
 def build_plan(mode: Mode, root: str, device: str, data_sets: dict, tqt: bool = False) -> list:
     """The runs of ``mode`` in execution order: per data set and detector FP, the calibrations, then seed by seed
-    every QAT setting (so an interrupted bench has whole seeds). ``data_sets``: data set -> ``data_opts``' sets."""
-    settings = mode.settings + (TQT_SETTINGS if tqt else ())
+    every QAT setting (so an interrupted bench has whole seeds). ``data_sets``: data set -> ``data_opts``' sets.
+    FP runs go to ``<root>/<data set>/<detector>/fp32``, the recipe's runs under ``.../<recipe name>/``."""
+    settings = mode.settings + (TQT_SETTINGS if tqt and not set(TQT_SETTINGS) <= set(mode.settings) else ())
+    recipe = mode.recipe
     runs = []
     for dataset in mode.datasets:
         spec = DATA[dataset]
@@ -187,6 +246,7 @@ def build_plan(mode: Mode, root: str, device: str, data_sets: dict, tqt: bool = 
                   "SOLVER.IMS_PER_BATCH", str(BATCH), *CLIP_OPTS] + data_opts(spec, data_sets[dataset])
         for detector in mode.detectors:
             base_dir = f"{root}/{dataset}/{detector}"
+            recipe_dir = f"{base_dir}/{recipe.name}"
             fp_dir = f"{base_dir}/{FP_SETTING}"
             fp_lr = ["SOLVER.BASE_LR", str(spec.fp_lr)] if spec.fp_lr else []
             runs.append(Run(dataset, detector, FP_SETTING, 0, FP_CONFIGS[dataset].format(detector),
@@ -194,25 +254,43 @@ def build_plan(mode: Mode, root: str, device: str, data_sets: dict, tqt: bool = 
                                   + ["SEED", "0", "OUTPUT_DIR", fp_dir]), fp_dir, spec.fp_iters, splits))
             calibrated = {}
             for base in dict.fromkeys(baseline_of(s) for s in settings):
-                out = f"{base_dir}/calib_{base}"
+                out = f"{recipe_dir}/calib_{base}"
                 calibrated[base] = f"{out}/model_final.pth"
                 runs.append(Run(dataset, detector, f"calib_{base}", 0, qat_config(dataset, detector, base),
-                                tuple(common + ["SOLVER.MAX_ITER", "1", "SOLVER.BASE_LR", "0.0",
-                                                "SOLVER.CHECKPOINT_PERIOD", "1", "DATASETS.TEST", "()",
-                                                "MODEL.WEIGHTS", f"{fp_dir}/model_final.pth",
-                                                "MODEL.QUANT.CALIB_IMAGES", str(CALIB_IMAGES), "SEED", "0",
-                                                "OUTPUT_DIR", out]), out, 1))
+                                tuple(common + recipe.quant_opts(bits_of(base))
+                                      + ["SOLVER.MAX_ITER", "1", "SOLVER.BASE_LR", "0.0",
+                                         "SOLVER.CHECKPOINT_PERIOD", "1", "DATASETS.TEST", "()",
+                                         "MODEL.WEIGHTS", f"{fp_dir}/model_final.pth",
+                                         "MODEL.QUANT.CALIB_IMAGES", str(CALIB_IMAGES), "SEED", "0",
+                                         "OUTPUT_DIR", out]), out, 1))
             for seed in mode.seeds:
                 for setting in settings:
-                    out = f"{base_dir}/{setting}/seed{seed}"
+                    out = f"{recipe_dir}/{setting}/seed{seed}"
                     plain, variant = split_variant(setting)
-                    opts = common + schedule_opts(spec.qat_iters, 0.15, (2 / 3, 0.9)) + [
-                        "MODEL.WEIGHTS", calibrated[baseline_of(setting)],
-                        "MODEL.QUANT.CALIB_IMAGES", str(CALIB_IMAGES), "SEED", str(seed), "OUTPUT_DIR", out]
+                    bits = bits_of(setting)
+                    qat_iters = recipe.iters(spec, bits)
+                    lr = recipe.lr_factor.get(bits)
+                    qat_lr = ["SOLVER.BASE_LR", f"{lr * fp_learning_rate(dataset, detector):g}"] if lr else []
+                    opts = (common + recipe.quant_opts(bits)
+                            + schedule_opts(qat_iters, recipe.warmup, recipe.steps) + qat_lr
+                            + recipe.bit_schedule_opts(bits, qat_iters)
+                            + ["MODEL.WEIGHTS", calibrated[baseline_of(setting)],
+                               "MODEL.QUANT.CALIB_IMAGES", str(CALIB_IMAGES), "SEED", str(seed), "OUTPUT_DIR", out])
                     opts += list(VARIANTS[variant]) if variant else []
                     runs.append(Run(dataset, detector, setting, seed, qat_config(dataset, detector, plain),
-                                    tuple(opts), out, spec.qat_iters, splits))
+                                    tuple(opts), out, qat_iters, splits))
     return runs
+
+
+@functools.lru_cache(maxsize=None)
+def fp_learning_rate(dataset: str, detector: str) -> float:
+    """SOLVER.BASE_LR of the bench's FP run: the data set's ``fp_lr``, else its FP config's."""
+    if DATA[dataset].fp_lr:
+        return DATA[dataset].fp_lr
+    cfg = get_cfg()
+    add_hqod_config(cfg)
+    cfg.merge_from_file(str(REPO / FP_CONFIGS[dataset].format(detector)))
+    return cfg.SOLVER.BASE_LR
 
 
 def qat_config(dataset: str, detector: str, setting: str) -> str:
