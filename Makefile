@@ -62,12 +62,12 @@ quickstart-qat: setup
 # shapes, 3 seeds, every run evaluated on val and test (about 2 hours on 2 idle cores); results (test; val kept in
 # the JSON), plots and report in benchmarks/, runs in output/bench/. Resumable.
 bench: setup
-	$(PY) tools/benchmark_hqod.py --mode full
+	$(PY) tools/benchmark_hqod.py --mode full --jobs 2
 
 # The whole HQOD measurement: the converged recipe on shapes and deepforest, RetinaNet and FCOS, LSQ W4A4 / W2A2 and
 # TQT W4A4 each with and without HQOD, 5 seeds (about 11 hours on 2 cores; resumable, reuses `bench`'s runs).
 bench-hqod: setup
-	$(PY) tools/benchmark_hqod.py --mode hqod
+	$(PY) tools/benchmark_hqod.py --mode hqod --jobs 2
 
 # MODEL.HQOD.NORMALIZER "detector" vs "num_pos" for LSQ + HQOD W4A4 on shapes, every dense detector, 3 seeds, short
 # QAT; the "detector" runs of RetinaNet seeds 1 and 2 are those of `bench-quick`.

@@ -518,3 +518,50 @@ def test_compare_runs_prints_a_row_per_test_set_of_a_bench_run_and_one_for_a_sin
     assert [line.split()[:3] for line in lines] == [["bench", "bench_s", "52.000"], ["bench", "bench_v", "61.000"],
                                                    ["single", "70.500", "nan"]]
     assert lines[0].split()[5] == "0.400" and lines[2].split()[4] == "0.900"
+
+
+def test_parallel_runs_start_only_after_the_run_making_their_weights_and_a_failure_reaches_its_dependents(
+        tmp_path, monkeypatch):
+    """With --jobs 2 two independent runs overlap, no run starts before its calibration finished, a failed
+    calibration fails its QAT runs without running them, and every run is recorded once."""
+    import threading
+    import time as time_module
+    import benchmark_hqod
+    plan = build_plan(select(MODES["full"], settings=["lsq_w4a4"], seeds=2), str(tmp_path), "cpu", FAKE_SETS)
+    lock, active, log = threading.Lock(), set(), []
+
+    def fake_execute(run, timeout_s, threads):
+        with lock:
+            active.add(run.key)
+            log.append(("start", run.key, frozenset(active), threads))
+        time_module.sleep(0.05)
+        with lock:
+            active.discard(run.key)
+            log.append(("end", run.key))
+        failed = run.setting == "calib_lsq_w4a4" and run.detector == "fcos"
+        return {"key": run.key, "dataset": run.dataset, "detector": run.detector, "setting": run.setting,
+                "seed": run.seed, "status": "failed" if failed else "ok", "metrics": {}}
+
+    monkeypatch.setattr(benchmark_hqod, "execute", fake_execute)
+    monkeypatch.setattr(benchmark_hqod, "is_complete", lambda run: False)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(benchmark_hqod.os, "cpu_count", lambda: 4)
+    results = {"runs": {}, "report_split": "test"}
+    benchmark_hqod.run_all(plan, results, tmp_path / "r.json", 60, jobs=2)
+    assert set(results["runs"]) == {run.key for run in plan}
+    by_key = {run.key: run for run in plan}
+    ended = []
+    for event in log:
+        if event[0] == "end":
+            ended.append(event[1])
+            continue
+        run = by_key[event[1]]
+        maker = next((r for r in plan if f"{r.output_dir}/model_final.pth" == run.weights), None)
+        assert maker is None or maker.key in ended, f"{run.key} started before {maker.key} ended"
+        assert event[3] == "2"  # 4 cores / 2 jobs
+    assert max(len(event[2]) for event in log if event[0] == "start") == 2
+    fcos_qat = [r for r in plan if r.detector == "fcos" and r.setting == "lsq_w4a4"]
+    assert all(results["runs"][r.key]["status"] == "failed" and "was not made" in results["runs"][r.key]["error"]
+               for r in fcos_qat)
+    assert not {r.key for r in fcos_qat} & {event[1] for event in log}
+    assert json.loads((tmp_path / "r.json").read_text())["runs"].keys() == results["runs"].keys()

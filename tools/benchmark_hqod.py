@@ -19,6 +19,7 @@ the mode) go to benchmarks/. The JSON keeps both splits' metrics; the report and
 ``--report-split`` (test: settings are chosen on val). On a CUDA machine every run gets MODEL.DEVICE cuda.
 """
 import argparse
+import concurrent.futures
 import dataclasses
 import datetime
 import os
@@ -70,30 +71,55 @@ def host_info(device: str) -> dict:
             "load_before": [round(v, 2) for v in os.getloadavg()]}
 
 
-def run_all(runs, results, json_path, timeout_s):
-    """Run (or reuse) every run in order, saving the results after each; a run whose MODEL.WEIGHTS come from a
-    failed run fails too. ``results["runs"]`` holds the earlier records on entry; each record is stamped with
+def run_all(runs, results, json_path, timeout_s, jobs=1):
+    """Run (or reuse) every run, up to ``jobs`` at a time, each as soon as the run making its MODEL.WEIGHTS has
+    finished (in plan order otherwise), saving the results after each; a run whose MODEL.WEIGHTS come from a failed
+    run fails too. ``results["runs"]`` holds the earlier records on entry; each record is stamped with
     ``results["report_split"]``."""
     previous = results["runs"]
     results["runs"] = {}
-    failed_outputs = set()
-    for i, run in enumerate(runs, 1):
-        if run.weights in failed_outputs:
-            record = dict(describe(run), status="failed", error=f"{run.weights} was not made (that run failed)")
-        elif is_complete(run):
-            earlier = previous.get(run.key, {})
-            earlier = earlier if earlier.get("output_dir") == run.output_dir else {}  # not another recipe's run
-            measured = {k: v for k, v in earlier.items() if k in ("wall_s", "peak_rss_mb", "rc")}
-            record = dict(describe(run), **measured, reused=True)
-        else:
-            print(f"[{i}/{len(runs)}] {run.key} ...", flush=True)
-            record = dict(execute(run, timeout_s), reused=False)
-        if record["status"] != "ok":
-            failed_outputs.add(f"{run.output_dir}/model_final.pth")
+    makers = {f"{run.output_dir}/model_final.pth" for run in runs}
+    made, failed_outputs = set(), set()
+    threads = os.environ.get("OMP_NUM_THREADS") or str(max(1, (os.cpu_count() or 1) // jobs))
+
+    def finish(i, run, record):
+        (made if record["status"] == "ok" else failed_outputs).add(f"{run.output_dir}/model_final.pth")
         record["report_split"] = results["report_split"]
         results["runs"][run.key] = record
         store.save(json_path, results)
         print(f"[{i}/{len(runs)}] {progress_line(record)}", flush=True)
+
+    pending = list(enumerate(runs, 1))
+    running = {}
+    with concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as pool:
+        while pending or running:
+            progressed = False
+            for item in list(pending):
+                i, run = item
+                if run.weights in makers and not {run.weights} & (made | failed_outputs):
+                    continue  # its input is still being made
+                if len(running) >= jobs and run.weights not in failed_outputs and not is_complete(run):
+                    break
+                pending.remove(item)
+                progressed = True
+                if run.weights in failed_outputs:
+                    finish(i, run, dict(describe(run), status="failed",
+                                        error=f"{run.weights} was not made (that run failed)"))
+                elif is_complete(run):
+                    earlier = previous.get(run.key, {})
+                    earlier = earlier if earlier.get("output_dir") == run.output_dir else {}  # not another recipe's
+                    measured = {k: v for k, v in earlier.items() if k in ("wall_s", "peak_rss_mb", "rc")}
+                    finish(i, run, dict(describe(run), **measured, reused=True))
+                else:
+                    print(f"[{i}/{len(runs)}] {run.key} ...", flush=True)
+                    running[pool.submit(execute, run, timeout_s, threads)] = (i, run)
+            if running:
+                done, _ = concurrent.futures.wait(running, return_when=concurrent.futures.FIRST_COMPLETED)
+                for future in done:
+                    i, run = running.pop(future)
+                    finish(i, run, dict(future.result(), reused=False))
+            elif pending and not progressed:
+                raise RuntimeError(f"{pending[0][1].key}: its MODEL.WEIGHTS are made by no run of the plan")
 
 
 def progress_line(record) -> str:
@@ -155,6 +181,8 @@ def main():
     parser.add_argument("--runs-dir", default="output/bench", help="train_net.py outputs (shared by the modes)")
     parser.add_argument("--out-dir", default="benchmarks", help="results JSON, markdown and PNGs")
     parser.add_argument("--run-timeout", type=float, default=1800, help="seconds before a run is killed as failed")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="runs at a time, each with OMP_NUM_THREADS cores / jobs unless that is set")
     parser.add_argument("--skip-speed", action="store_true", help="leave out the speed and memory comparison")
     parser.add_argument("--dry-run", action="store_true", help="print the train_net.py commands and stop")
     args = parser.parse_args()
@@ -165,6 +193,8 @@ def main():
         mode = select(MODES[args.mode], args.detectors, args.datasets, args.settings, args.seeds)
     except ValueError as e:
         parser.error(str(e))
+    if args.jobs < 1:
+        parser.error(f"--jobs {args.jobs}: give 1 or more runs at a time")
     name = args.name or mode.name
     device = "cuda" if torch.cuda.is_available() else "cpu"
     runs_root = pathlib.Path(args.runs_dir)
@@ -183,7 +213,7 @@ def main():
                "plan": {"mode": dataclasses.asdict(mode), "data": data, "batch": BATCH, "calib_images": CALIB_IMAGES,
                         "tqt": args.tqt},
                "runs": earlier_records(out_dir, json_path)}
-    run_all(runs, results, json_path, args.run_timeout)
+    run_all(runs, results, json_path, args.run_timeout, args.jobs)
     if not args.skip_speed and mode.speed_iters and set(speed.SPEED_SETTINGS) <= {r.setting for r in runs}:
         print("speed and memory: FP, LSQ W4A4, LSQ + HQOD W4A4 ...", flush=True)
         results["speed"] = speed.measure(runs, mode.speed_iters, 2, args.run_timeout)
