@@ -56,21 +56,21 @@ DATA = {
     "shapes": DataSpec("hqod_shapes_train", "hqod_shapes_val", val_images=100, test="hqod_shapes_test",
                        test_images=200, train_size=192, test_size=192, crop=0, fp_iters=1200,
                        short_qat_iters=150),
+    # 155 crops of the 43 training tiles; val and test: all their tiles (7 and 6)
     "deepforest": DataSpec("deepforest_train", "deepforest_val", val_images=7, test="deepforest_test", test_images=6,
-                           train_size=256, test_size=400, crop=256, fp_iters=1000,
-                           short_qat_iters=80,
-                           fp_lr=0.005),  # 155 crops of the 43 tiles; val and test: all their tiles (7 and 6)
+                           train_size=256, test_size=400, crop=256, fp_iters=1000, short_qat_iters=80,
+                           fp_lr=0.005),
 }
 SPLITS = ("val", "test")  # every evaluating run is evaluated on both, in this order (DATASETS.TEST)
 
 
 @dataclass(frozen=True)
 class Recipe:
-    """How the QAT runs of a mode train. Warm-up and LR steps are fractions of the run; per bit width,
-    ``lr_factor[bits]`` x the FP run's learning rate is the QAT one (no entry: the QAT config's own); ``quant`` holds MODEL.QUANT ``KEY VALUE`` pairs per
-    bit width (0: every width), which the calibration run gets too, as they shape the quantizers it calibrates;
-    ``bit_schedule`` holds per bit width a progressive schedule, ((fraction of the run, bits), ...), ending at that
-    width (MODEL.QUANT.SCHEDULE.BITS of the QAT runs). A recipe's runs have their own folders."""
+    """How the QAT runs of a mode train. Warm-up and LR steps are fractions of the run. Per bit width:
+    ``lr_factor`` x the FP run's learning rate is the QAT one (no entry: the QAT config's own); ``quant`` holds
+    MODEL.QUANT ``KEY VALUE`` pairs (key 0: every width), which the calibration run gets too, as they shape the
+    quantizers it calibrates; ``bit_schedule`` a progressive schedule ((fraction of the run, bits), ...) ending at
+    that width (MODEL.QUANT.SCHEDULE.BITS of the QAT runs). A recipe's runs have their own folders."""
     name: str
     converged: bool  # as long as the FP schedule (DataSpec.fp_iters) x ``length``, else DataSpec.short_qat_iters
     warmup: float
