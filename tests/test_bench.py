@@ -565,3 +565,19 @@ def test_parallel_runs_start_only_after_the_run_making_their_weights_and_a_failu
                for r in fcos_qat)
     assert not {r.key for r in fcos_qat} & {event[1] for event in log}
     assert json.loads((tmp_path / "r.json").read_text())["runs"].keys() == results["runs"].keys()
+
+
+def test_a_record_names_the_recipe_settings_its_run_used(tmp_path):
+    from detectron2.config import get_cfg
+    from hqod.config import add_hqod_config
+    cfg = get_cfg()
+    add_hqod_config(cfg)
+    cfg.merge_from_file(str(ROOT / "configs/shapes/fcos_MNV2_lsq_w2a2.yaml"))
+    cfg.merge_from_list(["MODEL.QUANT.PER_CHANNEL", "True", "MODEL.QUANT.DEPTHWISE_BITS", "8",
+                         "MODEL.QUANT.FREEZE_FROZEN_QUANTIZERS", "True", "SOLVER.BASE_LR", "0.016",
+                         "MODEL.QUANT.SCHEDULE.BITS", "['0:4:4', '600:2:2']"])
+    (tmp_path / "config.yaml").write_text(cfg.dump())
+    config = runs.effective_config(tmp_path / "config.yaml")
+    assert (config["weight_bits"], config["act_bits"], config["depthwise_bits"], config["per_channel"]) == (2, 2, 8, True)
+    assert config["freeze_frozen_quantizers"] is True and config["base_lr"] == 0.016
+    assert config["bit_schedule"] == ["0:4:4", "600:2:2"]

@@ -140,8 +140,11 @@ def effective_config(path: pathlib.Path) -> dict:
                   else None)
     if quant["ENABLED"]:
         result.update(algorithm=quant["ALGORITHM"], weight_bits=quant["WEIGHT_BITS"], act_bits=quant["ACT_BITS"],
-                      first_last_bits=quant["FIRST_LAST_BITS"], calib_images=quant["CALIB_IMAGES"],
-                      weight_observer=quant["WEIGHT_OBSERVER"], act_observer=quant["ACT_OBSERVER"])
+                      first_last_bits=quant["FIRST_LAST_BITS"], depthwise_bits=quant["DEPTHWISE_BITS"],
+                      per_channel=quant["PER_CHANNEL"], calib_images=quant["CALIB_IMAGES"],
+                      weight_observer=quant["WEIGHT_OBSERVER"], act_observer=quant["ACT_OBSERVER"],
+                      freeze_frozen_quantizers=quant["FREEZE_FROZEN_QUANTIZERS"],
+                      bit_schedule=quant["SCHEDULE"]["BITS"])
     return result
 
 
