@@ -581,3 +581,16 @@ def test_a_record_names_the_recipe_settings_its_run_used(tmp_path):
     assert (config["weight_bits"], config["act_bits"], config["depthwise_bits"], config["per_channel"]) == (2, 2, 8, True)
     assert config["freeze_frozen_quantizers"] is True and config["base_lr"] == 0.016
     assert config["bit_schedule"] == ["0:4:4", "600:2:2"]
+
+
+def test_report_settings_name_each_runs_quantizer_recipe():
+    common = {"train_sets": ["t"], "test_sets": ["v", "s"], "min_size_train": [192], "min_size_test": 192,
+              "ims_per_batch": 4, "max_iter": 2400, "base_lr": 0.008, "warmup_iters": 240, "warmup_factor": 0.0001,
+              "steps": [1800, 2160], "momentum": 0.9, "weight_decay": 0.0001, "clip_gradients": 5.0}
+    two_bit = dict(common, weight_bits=2, calib_images=16, per_channel=True, depthwise_bits=8,
+                   freeze_frozen_quantizers=True, bit_schedule=["0:4:4", "600:3:3", "1200:2:2"])
+    records = [dict(_record("fp32", 0, 70.0), config=common), dict(_record("lsq_w2a2", 1, 40.0), config=two_bit)]
+    text = report.render(_results(records), [])
+    assert ("| 16 | per-channel, depthwise 8 bits, frozen convs' kept, bits 0:4:4 → 600:3:3 → 1200:2:2 |"
+            in text)
+    assert "| – | – |" in text  # the FP run: no calibration, no quantizers

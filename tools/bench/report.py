@@ -40,9 +40,9 @@ def _settings_table(results) -> list:
         rows.append([f"{record['dataset']} / {record['detector']}", kind, c["train_sets"][0], ", ".join(c["test_sets"]),
                      f"{c['min_size_train'][0]} / {c['min_size_test']}", c["ims_per_batch"], c["max_iter"],
                      f"{c['base_lr']:g}", f"{c['warmup_iters']} ({c['warmup_factor']:g})",
-                     ", ".join(map(str, c["steps"])), c.get("calib_images", "–")])
+                     ", ".join(map(str, c["steps"])), c.get("calib_images", "–"), _quantizers(c)])
     lines = _table(["data set / detector", "run", "train set", "evaluated on", "train / test size", "batch", "iters",
-                    "LR", "warm-up (factor)", "LR steps", "calib images"], rows)
+                    "LR", "warm-up (factor)", "LR steps", "calib images", "quantizers"], rows)
     configs = [r["config"] for r in results["runs"].values() if r.get("config")]
     if configs:
         c = configs[0]
@@ -51,6 +51,21 @@ def _settings_table(results) -> list:
                       f"as listed; QAT runs start from their calibration run's checkpoint (calibrated on the "
                       f"listed number of training images, then one iteration at LR 0)."]
     return lines
+
+
+def _quantizers(config) -> str:
+    """The QAT recipe's quantizer settings of a run ("–" for FP): weight steps per channel or tensor, depthwise
+    convs' bits, frozen convs' quantizers kept, progressive bits."""
+    if "weight_bits" not in config:
+        return "–"
+    parts = ["per-channel" if config.get("per_channel") else "per-tensor"]
+    if config.get("depthwise_bits"):
+        parts.append(f"depthwise {config['depthwise_bits']} bits")
+    if config.get("freeze_frozen_quantizers"):
+        parts.append("frozen convs' kept")
+    if config.get("bit_schedule"):
+        parts.append("bits " + " → ".join(config["bit_schedule"]))
+    return ", ".join(parts)
 
 
 def _other_split(results) -> str:
