@@ -22,8 +22,8 @@ sys.path.insert(0, str(ROOT / "tools"))
 
 from bench import plots, report, runs, stats, store  # noqa: E402
 from bench.data import write_eval_subset, write_train_crops  # noqa: E402
-from bench.plan import (DATA, MODES, NORMALIZER_SETTINGS, QAT_SETTINGS, TQT_SETTINGS, Run, baseline_of,  # noqa: E402
-                        build_plan, pairs, select)
+from bench.plan import (DATA, FP_LONGER_SETTING, MODES, NORMALIZER_SETTINGS, QAT_SETTINGS, TQT_SETTINGS,  # noqa: E402
+                        Run, baseline_of, build_plan, pairs, select)
 from hqod.modeling.detectors import DENSE_DETECTORS  # noqa: E402
 from bench.summary import groups, paired, summarize  # noqa: E402
 
@@ -106,7 +106,7 @@ def test_a_selection_is_a_subset_of_the_mode():
     full = {run.key: run for run in build_plan(EVERY_DETECTOR, "out", "cpu", FAKE_SETS)}
     plan = build_plan(atss, "out", "cpu", FAKE_SETS)
     assert {r.detector for r in plan} == {"atss"} and all(full[r.key] == r for r in plan)
-    assert {r.setting for r in plan} == {"fp32", "calib_lsq_w4a4", "lsq_w4a4", "lsq_hqod_w4a4"}
+    assert {r.setting for r in plan} == {"fp32", "fp32_longer", "calib_lsq_w4a4", "lsq_w4a4", "lsq_hqod_w4a4"}
     with pytest.raises(ValueError, match="unknown detector yolo: use retinanet, fcos, atss"):
         select(MODES["full"], detectors=["yolo"])
 
@@ -168,11 +168,19 @@ def test_converged_recipe_trains_as_long_as_fp_at_a_fraction_of_its_lr_with_its_
                    "MODEL.QUANT.FREEZE_FROZEN_QUANTIZERS": "True"}
     fp_lr = {("shapes", "retinanet"): 0.005, ("shapes", "fcos"): 0.01,  # the FP configs' learning rates
              ("deepforest", "retinanet"): DATA["deepforest"].fp_lr, ("deepforest", "fcos"): DATA["deepforest"].fp_lr}
-    checked = 0
+    checked, longer = 0, []
     for run in plan:
         opts = _opts(run)
         if run.is_fp:
             assert not set(recipe_keys) & set(opts)
+            continue
+        if run.setting == FP_LONGER_SETTING:  # the control: FP trained on like a W4A4 QAT run, no quantizers
+            longer.append(run)
+            fp_dir = f"out/{run.dataset}/{run.detector}/fp32"
+            assert not set(recipe_keys) & set(opts) and run.config == plan[plan.index(run) - 1].config
+            assert opts["MODEL.WEIGHTS"] == f"{fp_dir}/model_final.pth" and run.evaluates
+            assert opts["SOLVER.MAX_ITER"] == str(DATA[run.dataset].fp_iters)
+            assert float(opts["SOLVER.BASE_LR"]) == pytest.approx(0.8 * fp_lr[run.dataset, run.detector])
             continue
         assert {k: opts[k] for k in recipe_keys} == recipe_keys  # calibration runs too: the quantizers' shape
         if not run.evaluates:
@@ -189,8 +197,9 @@ def test_converged_recipe_trains_as_long_as_fp_at_a_fraction_of_its_lr_with_its_
         else:
             assert "MODEL.QUANT.SCHEDULE.BITS" not in opts
         checked += 1
-    assert checked == 2 * 2 * 5 * 6
+    assert checked == 2 * 2 * 5 * 6 and len(longer) == 2 * 2
     short = [r for r in build_plan(MODES["quick"], "out", "cpu", FAKE_SETS) if not r.is_fp]
+    assert short and FP_LONGER_SETTING not in {r.setting for r in short}
     assert short and not any(set(recipe_keys) & set(_opts(r)) or "MODEL.QUANT.SCHEDULE.BITS" in _opts(r)
                              for r in short)
     assert all(_opts(r)["SOLVER.BASE_LR"] == "0.0" for r in short if not r.evaluates)
@@ -589,8 +598,10 @@ def test_report_settings_name_each_runs_quantizer_recipe():
               "steps": [1800, 2160], "momentum": 0.9, "weight_decay": 0.0001, "clip_gradients": 5.0}
     two_bit = dict(common, weight_bits=2, calib_images=16, per_channel=True, depthwise_bits=8,
                    freeze_frozen_quantizers=True, bit_schedule=["0:4:4", "600:3:3", "1200:2:2"])
-    records = [dict(_record("fp32", 0, 70.0), config=common), dict(_record("lsq_w2a2", 1, 40.0), config=two_bit)]
+    records = [dict(_record("fp32", 0, 70.0), config=common), dict(_record("lsq_w2a2", 1, 40.0), config=two_bit),
+               dict(_record("fp32_longer", 1, 72.0), config=common)]
     text = report.render(_results(records), [])
+    assert "| shapes / retinanet | fp32_longer |" in text and "| shapes / retinanet | FP32 trained on | 1 | 72.0" in text
     assert ("| 16 | per-channel, depthwise 8 bits, frozen convs' kept, bits 0:4:4 → 600:3:3 → 1200:2:2 |"
             in text)
     assert "| – | – |" in text  # the FP run: no calibration, no quantizers

@@ -21,6 +21,9 @@ REPO = pathlib.Path(__file__).resolve().parents[2]
 QAT_SETTINGS = ("lsq_w4a4", "lsq_hqod_w4a4", "lsq_w2a2", "lsq_hqod_w2a2")
 TQT_SETTINGS = ("tqt_w4a4", "tqt_hqod_w4a4")
 FP_SETTING = "fp32"
+# The FP model trained on for as many iterations as a converged W4A4 QAT run, at its learning rate and without
+# quantizers: the control that tells what the extra training alone gives (converged recipes only).
+FP_LONGER_SETTING = "fp32_longer"
 VARIANTS = {"numpos": ("MODEL.HQOD.NORMALIZER", "num_pos")}  # variant suffix -> its KEY VALUE overrides
 NORMALIZER_SETTINGS = ("lsq_hqod_w4a4", "lsq_hqod_w4a4_numpos")  # the normaliser ablation
 
@@ -173,7 +176,7 @@ def split_variant(setting: str):
 
 def bits_of(setting: str) -> int:
     """32 for FP, else the weight/activation bits in the setting's name (``..._w4a4`` -> 4)."""
-    return 32 if setting == FP_SETTING else int(setting.rsplit("_w", 1)[1][0])
+    return 32 if setting in (FP_SETTING, FP_LONGER_SETTING) else int(setting.rsplit("_w", 1)[1][0])
 
 
 def baseline_of(setting: str) -> str:
@@ -252,6 +255,13 @@ def build_plan(mode: Mode, root: str, device: str, data_sets: dict, tqt: bool = 
             runs.append(Run(dataset, detector, FP_SETTING, 0, FP_CONFIGS[dataset].format(detector),
                             tuple(common + schedule_opts(spec.fp_iters, 0.1, (0.75, 0.9)) + fp_lr
                                   + ["SEED", "0", "OUTPUT_DIR", fp_dir]), fp_dir, spec.fp_iters, splits))
+            if recipe.converged:
+                out, iters = f"{recipe_dir}/{FP_LONGER_SETTING}/seed1", recipe.iters(spec, 4)
+                lr = recipe.lr_factor[4] * fp_learning_rate(dataset, detector)
+                runs.append(Run(dataset, detector, FP_LONGER_SETTING, 1, FP_CONFIGS[dataset].format(detector),
+                                tuple(common + schedule_opts(iters, recipe.warmup, recipe.steps)
+                                      + ["SOLVER.BASE_LR", f"{lr:g}", "MODEL.WEIGHTS", f"{fp_dir}/model_final.pth",
+                                         "SEED", "1", "OUTPUT_DIR", out]), out, iters, splits))
             calibrated = {}
             for base in dict.fromkeys(baseline_of(s) for s in settings):
                 out = f"{recipe_dir}/calib_{base}"

@@ -16,9 +16,9 @@ from detectron2.structures import Boxes  # noqa: E402
 from hqod.evaluation import classify_detections, harmony_statistics  # noqa: E402
 from hqod.utils.io import atomic_write_bytes  # noqa: E402
 
-from .plan import FP_SETTING, bits_of, split_variant  # noqa: E402
+from .plan import FP_LONGER_SETTING, FP_SETTING, bits_of, split_variant  # noqa: E402
 
-LABELS = {FP_SETTING: "FP32"}
+LABELS = {FP_SETTING: "FP32", FP_LONGER_SETTING: "FP32 trained on"}
 
 
 def label(setting: str) -> str:
@@ -83,6 +83,9 @@ def ap_vs_bits(path: pathlib.Path, groups: dict, combos, split: str, baselines=(
         fp = groups.get(f"{dataset}/{detector}/{FP_SETTING}", {}).get("bbox/AP", {}).get("mean")
         if fp is not None:
             ax.axhline(fp, color="black", linestyle="--", linewidth=1, label=f"FP32 ({fp:.1f})")
+        longer = groups.get(f"{dataset}/{detector}/{FP_LONGER_SETTING}", {}).get("bbox/AP", {}).get("mean")
+        if longer is not None:
+            ax.axhline(longer, color="grey", linestyle=":", linewidth=1, label=f"FP32 trained on ({longer:.1f})")
         for offset, algo in enumerate(algos):
             shift = (offset - (len(algos) - 1) / 2) * 0.06
             points = [(i + shift, g["mean"], g["std"] or 0.0) for i, bits in enumerate((4, 2)) for g in

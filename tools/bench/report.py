@@ -2,7 +2,7 @@
 their 95% intervals and sign tests, per-run timings, the speed comparison and the figures, rendered from the results
 dict. Metrics are those of the report split (``results["report_split"]``, test by default), with the other split's
 AP beside them."""
-from .plan import FP_SETTING, SPLITS, bits_of
+from .plan import SPLITS, bits_of
 from .plots import label
 
 
@@ -32,7 +32,8 @@ def _settings_table(results) -> list:
     for record in results["runs"].values():
         if record["setting"].startswith("calib_"):
             continue
-        kind = FP_SETTING if record["setting"] == FP_SETTING else f"QAT W{bits_of(record['setting'])}"
+        bits = bits_of(record["setting"])
+        kind = record["setting"] if bits == 32 else f"QAT W{bits}"
         c = record.get("config")
         if not c or (record["dataset"], record["detector"], kind) in seen:
             continue
