@@ -7,6 +7,7 @@ import math
 import os
 import pathlib
 import sys
+import time
 import types
 
 import cv2
@@ -534,7 +535,6 @@ def test_parallel_runs_start_only_after_the_run_making_their_weights_and_a_failu
     """With --jobs 2 two independent runs overlap, no run starts before its calibration finished, a failed
     calibration fails its QAT runs without running them, and every run is recorded once."""
     import threading
-    import time as time_module
     import benchmark_hqod
     plan = build_plan(select(MODES["full"], settings=["lsq_w4a4"], seeds=2), str(tmp_path), "cpu", FAKE_SETS)
     lock, active, log = threading.Lock(), set(), []
@@ -543,7 +543,7 @@ def test_parallel_runs_start_only_after_the_run_making_their_weights_and_a_failu
         with lock:
             active.add(run.key)
             log.append(("start", run.key, frozenset(active), threads))
-        time_module.sleep(0.05)
+        time.sleep(0.05)
         with lock:
             active.discard(run.key)
             log.append(("end", run.key))
@@ -605,3 +605,32 @@ def test_report_settings_name_each_runs_quantizer_recipe():
     assert ("| 16 | per-channel, depthwise 8 bits, frozen convs' kept, bits 0:4:4 → 600:3:3 → 1200:2:2 |"
             in text)
     assert "| – | – |" in text  # the FP run: no calibration, no quantizers
+
+
+def test_an_interrupted_parallel_bench_kills_its_running_children(tmp_path, monkeypatch):
+    import subprocess
+    import benchmark_hqod
+    plan = build_plan(select(MODES["full"], settings=["lsq_w4a4"], seeds=1), str(tmp_path), "cpu", FAKE_SETS)
+    started = []
+
+    class Recorded(subprocess.Popen):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            started.append(self)
+
+    monkeypatch.setattr(runs, "command", lambda run: [sys.executable, "-c", "import time; time.sleep(60)"])
+    monkeypatch.setattr(runs.subprocess, "Popen", Recorded)
+    monkeypatch.setattr(benchmark_hqod, "is_complete", lambda run: False)
+
+    def interrupted(futures, return_when):
+        deadline = time.monotonic() + 10
+        while len(started) < 2 and time.monotonic() < deadline:  # both FP runs have started
+            time.sleep(0.05)
+        raise SystemExit(143)
+
+    monkeypatch.setattr(benchmark_hqod.concurrent.futures, "wait", interrupted)
+    t0 = time.monotonic()
+    with pytest.raises(SystemExit):
+        benchmark_hqod.run_all(plan, {"runs": {}, "report_split": "test"}, tmp_path / "r.json", 600, jobs=2)
+    assert len(started) == 2 and all(proc.poll() is not None for proc in started)
+    assert time.monotonic() - t0 < 30  # not the children's 60 s

@@ -37,7 +37,7 @@ from hqod.utils.io import atomic_write_bytes
 from bench import plots, report, speed, store
 from bench.data import write_eval_subset, write_train_crops
 from bench.plan import BATCH, CALIB_IMAGES, DATA, FP_SETTING, MODES, SPLITS, build_plan, select
-from bench.runs import describe, execute, is_complete
+from bench.runs import describe, execute, is_complete, kill_running
 from bench.summary import summarize
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -75,51 +75,57 @@ def run_all(runs, results, json_path, timeout_s, jobs=1):
     """Run (or reuse) every run, up to ``jobs`` at a time, each as soon as the run making its MODEL.WEIGHTS has
     finished (in plan order otherwise), saving the results after each; a run whose MODEL.WEIGHTS come from a failed
     run fails too. ``results["runs"]`` holds the earlier records on entry; each record is stamped with
-    ``results["report_split"]``."""
+    ``results["report_split"]``. Interrupted (e.g. SystemExit on SIGTERM), it kills the running children."""
     previous = results["runs"]
     results["runs"] = {}
     makers = {f"{run.output_dir}/model_final.pth" for run in runs}
-    made, failed_outputs = set(), set()
+    made, failed = set(), set()
     threads = os.environ.get("OMP_NUM_THREADS") or str(max(1, (os.cpu_count() or 1) // jobs))
 
     def finish(i, run, record):
-        (made if record["status"] == "ok" else failed_outputs).add(f"{run.output_dir}/model_final.pth")
+        (made if record["status"] == "ok" else failed).add(f"{run.output_dir}/model_final.pth")
         record["report_split"] = results["report_split"]
         results["runs"][run.key] = record
         store.save(json_path, results)
         print(f"[{i}/{len(runs)}] {progress_line(record)}", flush=True)
 
-    pending = list(enumerate(runs, 1))
-    running = {}
+    def without_running(i, run):
+        """Record ``run`` if it needs no running: its input failed, or it is complete; else return False."""
+        if run.weights in failed:
+            finish(i, run, dict(describe(run), status="failed", error=f"{run.weights} was not made (that run failed)"))
+        elif is_complete(run):
+            earlier = previous.get(run.key, {})
+            earlier = earlier if earlier.get("output_dir") == run.output_dir else {}  # not another recipe's run
+            measured = {k: v for k, v in earlier.items() if k in ("wall_s", "peak_rss_mb", "rc")}
+            finish(i, run, dict(describe(run), **measured, reused=True))
+        else:
+            return False
+        return True
+
+    pending, running = list(enumerate(runs, 1)), {}
     with concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as pool:
-        while pending or running:
-            progressed = False
-            for item in list(pending):
-                i, run = item
-                if run.weights in makers and not {run.weights} & (made | failed_outputs):
-                    continue  # its input is still being made
-                if len(running) >= jobs and run.weights not in failed_outputs and not is_complete(run):
-                    break
-                pending.remove(item)
-                progressed = True
-                if run.weights in failed_outputs:
-                    finish(i, run, dict(describe(run), status="failed",
-                                        error=f"{run.weights} was not made (that run failed)"))
-                elif is_complete(run):
-                    earlier = previous.get(run.key, {})
-                    earlier = earlier if earlier.get("output_dir") == run.output_dir else {}  # not another recipe's
-                    measured = {k: v for k, v in earlier.items() if k in ("wall_s", "peak_rss_mb", "rc")}
-                    finish(i, run, dict(describe(run), **measured, reused=True))
-                else:
-                    print(f"[{i}/{len(runs)}] {run.key} ...", flush=True)
-                    running[pool.submit(execute, run, timeout_s, threads)] = (i, run)
-            if running:
-                done, _ = concurrent.futures.wait(running, return_when=concurrent.futures.FIRST_COMPLETED)
-                for future in done:
-                    i, run = running.pop(future)
-                    finish(i, run, dict(future.result(), reused=False))
-            elif pending and not progressed:
-                raise RuntimeError(f"{pending[0][1].key}: its MODEL.WEIGHTS are made by no run of the plan")
+        try:
+            while pending or running:
+                ready = [(i, run) for i, run in pending if run.weights not in makers or run.weights in made | failed]
+                if not ready and not running:
+                    raise RuntimeError(f"{pending[0][1].key}: its MODEL.WEIGHTS are made by no run of the plan")
+                recorded = False
+                for i, run in ready:
+                    if without_running(i, run):
+                        pending.remove((i, run))
+                        recorded = True
+                    elif len(running) < jobs:
+                        pending.remove((i, run))
+                        print(f"[{i}/{len(runs)}] {run.key} ...", flush=True)
+                        running[pool.submit(execute, run, timeout_s, threads)] = (i, run)
+                if running and (len(running) == jobs or not recorded):  # else look again: recorded runs are inputs
+                    done, _ = concurrent.futures.wait(running, return_when=concurrent.futures.FIRST_COMPLETED)
+                    for future in done:
+                        i, run = running.pop(future)
+                        finish(i, run, dict(future.result(), reused=False))
+        except BaseException:
+            kill_running()
+            raise
 
 
 def progress_line(record) -> str:

@@ -18,6 +18,7 @@ import yaml
 from hqod.utils.io import atomic_write_bytes
 
 COMMAND_FILE = "bench_command.json"
+_LIVE = set()  # train_net.py children now running (execute may run in several threads)
 _STAMP = re.compile(r"^\[(\d\d/\d\d \d\d:\d\d:\d\d)\]")
 
 
@@ -65,12 +66,15 @@ def execute(run, timeout_s: float, threads: str = "2") -> dict:
     start = time.monotonic()
     with open(out / "stdout.txt", "w") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+        _LIVE.add(proc)
         try:
             status, rusage = _wait(proc, timeout_s)
         except BaseException:
             proc.kill()
             proc.wait()
             raise
+        finally:
+            _LIVE.discard(proc)
     wall = time.monotonic() - start
     rc = os.waitstatus_to_exitcode(status) if status is not None else None
     record = {"wall_s": wall, "peak_rss_mb": rusage.ru_maxrss / 1024 if rusage else None, "rc": rc}
@@ -83,6 +87,12 @@ def execute(run, timeout_s: float, threads: str = "2") -> dict:
     elif not finished(run):
         record.update(status="failed", error="exited without its final evaluation or checkpoint")
     return record
+
+
+def kill_running() -> None:
+    """Kill every train_net.py child still running (the bench was interrupted)."""
+    for proc in list(_LIVE):
+        proc.kill()
 
 
 def _wait(proc, timeout_s):
