@@ -80,7 +80,8 @@ def run_all(runs, results, json_path, timeout_s, jobs=1):
     results["runs"] = {}
     makers = {f"{run.output_dir}/model_final.pth" for run in runs}
     made, failed = set(), set()
-    threads = os.environ.get("OMP_NUM_THREADS") or str(max(1, (os.cpu_count() or 1) // jobs))
+    cores = int(os.environ.get("OMP_NUM_THREADS") or os.cpu_count() or 1)  # what the bench may use, shared by jobs
+    threads = str(max(1, cores // jobs))
 
     def finish(i, run, record):
         (made if record["status"] == "ok" else failed).add(f"{run.output_dir}/model_final.pth")
@@ -188,7 +189,7 @@ def main():
     parser.add_argument("--out-dir", default="benchmarks", help="results JSON, markdown and PNGs")
     parser.add_argument("--run-timeout", type=float, default=1800, help="seconds before a run is killed as failed")
     parser.add_argument("--jobs", type=int, default=1,
-                        help="runs at a time, each with OMP_NUM_THREADS cores / jobs unless that is set")
+                        help="runs at a time, each with OMP_NUM_THREADS (else the CPU count) / jobs threads")
     parser.add_argument("--skip-speed", action="store_true", help="leave out the speed and memory comparison")
     parser.add_argument("--dry-run", action="store_true", help="print the train_net.py commands and stop")
     args = parser.parse_args()

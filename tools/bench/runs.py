@@ -55,14 +55,14 @@ def is_complete(run) -> bool:
     return not weights.is_file() or weights.stat().st_mtime <= done.stat().st_mtime
 
 
-def execute(run, timeout_s: float, threads: str = "2") -> dict:
-    """Run ``run`` from scratch with ``threads`` OpenMP threads (unless OMP_NUM_THREADS is set); return its record
-    (status "ok" or "failed" with the error)."""
+def execute(run, timeout_s: float, threads: str) -> dict:
+    """Run ``run`` from scratch with ``threads`` OpenMP threads; return its record (status "ok" or "failed" with the
+    error)."""
     out = pathlib.Path(run.output_dir)
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     cmd = command(run)
-    env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS") or threads)
+    env = dict(os.environ, OMP_NUM_THREADS=threads)
     start = time.monotonic()
     with open(out / "stdout.txt", "w") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
