@@ -633,3 +633,14 @@ def test_an_interrupted_parallel_bench_kills_its_running_children(tmp_path, monk
         benchmark_hqod.run_all(plan, {"runs": {}, "report_split": "test"}, tmp_path / "r.json", 600, jobs=2)
     assert len(started) == 2 and all(proc.poll() is not None for proc in started)
     assert time.monotonic() - t0 < 30  # not the children's 60 s
+
+
+def test_earlier_records_keep_the_measured_wall_time_over_a_later_reuse_without_it(tmp_path):
+    import benchmark_hqod
+    measured = {"key": "k", "output_dir": "o", "wall_s": 300.0, "status": "ok"}
+    reused = {"key": "k", "output_dir": "o", "status": "ok", "reused": True}
+    newer = {"key": "j", "output_dir": "p", "wall_s": 5.0, "status": "ok"}
+    store.save(tmp_path / "results_lane.json", {"runs": {"k": measured, "j": dict(newer, wall_s=1.0)}})
+    store.save(tmp_path / "results_full.json", {"runs": {"k": reused, "j": newer}})
+    records = benchmark_hqod.earlier_records(tmp_path, tmp_path / "results_full.json")
+    assert records["k"]["wall_s"] == 300.0 and records["j"]["wall_s"] == 5.0  # this mode's file wins otherwise

@@ -57,11 +57,13 @@ def bench_sets(spec, data_dir: pathlib.Path) -> dict:
 
 
 def earlier_records(out_dir: pathlib.Path, json_path: pathlib.Path) -> dict:
-    """Run records of earlier benches in ``out_dir`` (this mode's last, so they win): a reused run keeps the time
-    and memory measured when it ran."""
+    """Run records of earlier benches in ``out_dir`` (this mode's last, so they win, unless they lack the wall time
+    another one has): a reused run keeps the time and memory measured when it ran."""
     records = {}
     for path in sorted(out_dir.glob("results_*.json"), key=lambda p: p == json_path):
-        records.update(store.load(path).get("runs", {}))
+        for key, record in store.load(path).get("runs", {}).items():
+            if record.get("wall_s") is not None or records.get(key, {}).get("wall_s") is None:
+                records[key] = record
     return records
 
 
