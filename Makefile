@@ -59,13 +59,14 @@ quickstart-qat: setup
 
 # Does HQOD help, with QAT that has converged? FP vs LSQ vs LSQ + HQOD at W4A4 and W2A2 with the recipe chosen on
 # val (tools/bench/plan.py CONVERGED: as long as FP, per-channel, depthwise convs at 8 bits), RetinaNet and FCOS on
-# shapes, 3 seeds, every run evaluated on val and test (about 2 hours on 2 idle cores); results (test; val kept in
+# shapes, 3 seeds, every run evaluated on val and test (about 90 minutes on 2 cores); results (test; val kept in
 # the JSON), plots and report in benchmarks/, runs in output/bench/. Resumable.
 bench: setup
 	$(PY) tools/benchmark_hqod.py --mode full --jobs 2
 
 # The whole HQOD measurement: the converged recipe on shapes and deepforest, RetinaNet and FCOS, LSQ W4A4 / W2A2 and
-# TQT W4A4 each with and without HQOD, 5 seeds (about 11 hours on 2 cores; resumable, reuses `bench`'s runs).
+# TQT W4A4 each with and without HQOD, 5 seeds (about 10 hours on 2 cores, estimated from per-run times;
+# resumable, reuses `bench`'s runs).
 bench-hqod: setup
 	$(PY) tools/benchmark_hqod.py --mode hqod --jobs 2
 
