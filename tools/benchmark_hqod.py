@@ -106,6 +106,7 @@ def run_all(runs, results, json_path, timeout_s, jobs=1):
         return True
 
     pending, running = list(enumerate(runs, 1)), {}
+    to_run = set()  # ready runs found to need running, waiting for a free job (not looked at again)
     with concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as pool:
         try:
             while pending or running:
@@ -114,10 +115,12 @@ def run_all(runs, results, json_path, timeout_s, jobs=1):
                     raise RuntimeError(f"{pending[0][1].key}: its MODEL.WEIGHTS are made by no run of the plan")
                 recorded = False
                 for i, run in ready:
-                    if without_running(i, run):
+                    if i not in to_run and without_running(i, run):
                         pending.remove((i, run))
                         recorded = True
-                    elif len(running) < jobs:
+                    elif len(running) >= jobs:
+                        to_run.add(i)
+                    else:
                         pending.remove((i, run))
                         print(f"[{i}/{len(runs)}] {run.key} ...", flush=True)
                         running[pool.submit(execute, run, timeout_s, threads)] = (i, run)

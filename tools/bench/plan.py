@@ -89,12 +89,16 @@ class Recipe:
     def quant_opts(self, bits: int) -> list:
         return [*self.quant.get(0, ()), *self.quant.get(bits, ())]
 
-    def bit_schedule_opts(self, bits: int, iters: int) -> list:
-        steps = self.bit_schedule.get(bits)
-        if not steps:
-            return []
-        entries = [f"{int(iters * fraction)}:{b}:{b}" for fraction, b in steps]
-        return ["MODEL.QUANT.SCHEDULE.BITS", repr(entries)]
+    def training_opts(self, spec: DataSpec, bits: int, fp_lr: float) -> list:
+        """SOLVER schedule, learning rate (``fp_lr``: the FP run's) and bit schedule of a run at ``bits``."""
+        iters = self.iters(spec, bits)
+        opts = schedule_opts(iters, self.warmup, self.steps)
+        if bits in self.lr_factor:
+            opts += ["SOLVER.BASE_LR", f"{self.lr_factor[bits] * fp_lr:g}"]
+        if bits in self.bit_schedule:
+            entries = [f"{int(iters * fraction)}:{b}:{b}" for fraction, b in self.bit_schedule[bits]]
+            opts += ["MODEL.QUANT.SCHEDULE.BITS", repr(entries)]
+        return opts
 
 
 # The bench's first QAT: short, per-tensor, each QAT config's own learning rate (BENCHMARKS.md, issue #6).
@@ -255,13 +259,13 @@ def build_plan(mode: Mode, root: str, device: str, data_sets: dict, tqt: bool = 
             runs.append(Run(dataset, detector, FP_SETTING, 0, FP_CONFIGS[dataset].format(detector),
                             tuple(common + schedule_opts(spec.fp_iters, 0.1, (0.75, 0.9)) + fp_lr
                                   + ["SEED", "0", "OUTPUT_DIR", fp_dir]), fp_dir, spec.fp_iters, splits))
-            if recipe.converged:
-                out, iters = f"{recipe_dir}/{FP_LONGER_SETTING}/seed1", recipe.iters(spec, 4)
-                lr = recipe.lr_factor[4] * fp_learning_rate(dataset, detector)
+            fp_rate = fp_learning_rate(dataset, detector) if recipe.lr_factor else None
+            if recipe.converged:  # trained on as a W4A4 run is
+                out = f"{recipe_dir}/{FP_LONGER_SETTING}/seed1"
                 runs.append(Run(dataset, detector, FP_LONGER_SETTING, 1, FP_CONFIGS[dataset].format(detector),
-                                tuple(common + schedule_opts(iters, recipe.warmup, recipe.steps)
-                                      + ["SOLVER.BASE_LR", f"{lr:g}", "MODEL.WEIGHTS", f"{fp_dir}/model_final.pth",
-                                         "SEED", "1", "OUTPUT_DIR", out]), out, iters, splits))
+                                tuple(common + recipe.training_opts(spec, 4, fp_rate)
+                                      + ["MODEL.WEIGHTS", f"{fp_dir}/model_final.pth", "SEED", "1",
+                                         "OUTPUT_DIR", out]), out, recipe.iters(spec, 4), splits))
             calibrated = {}
             for base in dict.fromkeys(baseline_of(s) for s in settings):
                 out = f"{recipe_dir}/calib_{base}"
@@ -278,17 +282,12 @@ def build_plan(mode: Mode, root: str, device: str, data_sets: dict, tqt: bool = 
                     out = f"{recipe_dir}/{setting}/seed{seed}"
                     plain, variant = split_variant(setting)
                     bits = bits_of(setting)
-                    qat_iters = recipe.iters(spec, bits)
-                    lr = recipe.lr_factor.get(bits)
-                    qat_lr = ["SOLVER.BASE_LR", f"{lr * fp_learning_rate(dataset, detector):g}"] if lr else []
-                    opts = (common + recipe.quant_opts(bits)
-                            + schedule_opts(qat_iters, recipe.warmup, recipe.steps) + qat_lr
-                            + recipe.bit_schedule_opts(bits, qat_iters)
+                    opts = (common + recipe.quant_opts(bits) + recipe.training_opts(spec, bits, fp_rate)
                             + ["MODEL.WEIGHTS", calibrated[baseline_of(setting)],
                                "MODEL.QUANT.CALIB_IMAGES", str(CALIB_IMAGES), "SEED", str(seed), "OUTPUT_DIR", out])
                     opts += list(VARIANTS[variant]) if variant else []
                     runs.append(Run(dataset, detector, setting, seed, qat_config(dataset, detector, plain),
-                                    tuple(opts), out, qat_iters, splits))
+                                    tuple(opts), out, recipe.iters(spec, bits), splits))
     return runs
 
 
