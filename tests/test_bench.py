@@ -158,12 +158,12 @@ def test_full_runs_are_runs_of_the_hqod_bench_and_every_recipe_shares_the_fp_run
     deepforest_train = [r for r in hqod.values() if r.dataset == "deepforest" and r.evaluates]
     assert all(_opts(r)["DATASETS.TRAIN"] == "('bench_t',)" for r in deepforest_train)
     assert all(_opts(r)["SOLVER.MAX_ITER"] == str(DATA["deepforest"].fp_iters) for r in deepforest_train
-               if "w4a4" in r.setting or r.is_fp)
+               if r.is_fp or "w4a4" in r.setting)
     assert all(_opts(r)["SOLVER.MAX_ITER"] == str(DATA["shapes"].short_qat_iters) for r in quick if r.evaluates
                and not r.is_fp)
 
 
-def test_converged_recipe_trains_as_long_as_fp_at_a_fraction_of_its_lr_with_its_quantizer_keys():
+def test_converged_recipe_trains_as_long_as_fp_at_its_learning_rates_with_its_quantizer_keys():
     plan = build_plan(MODES["hqod"], "out", "cpu", FAKE_SETS)
     recipe_keys = {"MODEL.QUANT.PER_CHANNEL": "True", "MODEL.QUANT.DEPTHWISE_BITS": "8",
                    "MODEL.QUANT.FREEZE_FROZEN_QUANTIZERS": "True"}
@@ -188,11 +188,11 @@ def test_converged_recipe_trains_as_long_as_fp_at_a_fraction_of_its_lr_with_its_
             assert opts["SOLVER.BASE_LR"] == "0.0" and "MODEL.QUANT.SCHEDULE.BITS" not in opts
             continue
         two_bit = run.setting.endswith("w2a2")
-        iters = DATA[run.dataset].fp_iters * (2 if two_bit else 1)
+        iters = DATA[run.dataset].fp_iters
         assert opts["SOLVER.MAX_ITER"] == str(iters) and run.max_iter == iters
         assert opts["SOLVER.STEPS"] == str((int(iters * 0.75), int(iters * 0.9)))
-        factor = 1.6 if two_bit else 0.8
-        assert float(opts["SOLVER.BASE_LR"]) == pytest.approx(factor * fp_lr[run.dataset, run.detector])
+        lr = 0.008 if two_bit else 0.8 * fp_lr[run.dataset, run.detector]  # W2A2: one rate for every detector
+        assert float(opts["SOLVER.BASE_LR"]) == pytest.approx(lr)
         if two_bit:
             assert opts["MODEL.QUANT.SCHEDULE.BITS"] == repr(["0:4:4", f"{iters // 4}:3:3", f"{iters // 2}:2:2"])
         else:
@@ -325,6 +325,17 @@ def test_a_run_is_reused_only_when_finished_by_the_same_command_after_its_weight
     done = pathlib.Path(run.output_dir) / runs.COMMAND_FILE
     os.utime(tmp_path / "calib.pth", (done.stat().st_mtime + 10,) * 2)
     assert not runs.is_complete(run)  # the calibration it started from was redone
+
+
+@pytest.mark.parametrize("earlier_config, kept", [({}, True), ({"max_iter": 1200}, False)])
+def test_a_reused_run_keeps_the_wall_time_recorded_for_the_same_settings_only(tmp_path, earlier_config, kept):
+    import benchmark_hqod
+    run = _finished_run(tmp_path)  # no config.yaml: its record's settings are {}
+    # as recorded when it ran, or when a run with other settings (a shorter FP schedule) had its folder
+    earlier = dict(runs.describe(run), wall_s=300.0, config=earlier_config)
+    results = {"runs": {run.key: earlier}, "report_split": "test"}
+    benchmark_hqod.run_all([run], results, tmp_path / "r.json", 600, jobs=1)
+    assert results["runs"][run.key]["reused"] and results["runs"][run.key].get("wall_s") == (300.0 if kept else None)
 
 
 def test_a_run_evaluated_on_val_only_is_run_again(tmp_path):

@@ -97,10 +97,11 @@ def run_all(runs, results, json_path, timeout_s, jobs=1):
         if run.weights in failed:
             finish(i, run, dict(describe(run), status="failed", error=f"{run.weights} was not made (that run failed)"))
         elif is_complete(run):
+            record = describe(run)
             earlier = previous.get(run.key, {})
-            earlier = earlier if earlier.get("output_dir") == run.output_dir else {}  # not another recipe's run
-            measured = {k: v for k, v in earlier.items() if k in ("wall_s", "peak_rss_mb", "rc")}
-            finish(i, run, dict(describe(run), **measured, reused=True))
+            same = all(earlier.get(k) == record[k] for k in ("output_dir", "config"))  # not another recipe's run
+            measured = {k: v for k, v in earlier.items() if k in ("wall_s", "peak_rss_mb", "rc")} if same else {}
+            finish(i, run, dict(record, **measured, reused=True))
         else:
             return False
         return True
