@@ -65,7 +65,7 @@ bench: setup
 	$(PY) tools/benchmark_hqod.py --mode full --jobs 2
 
 # The whole HQOD measurement: the converged recipe on shapes and deepforest, RetinaNet and FCOS, LSQ W4A4 / W2A2 and
-# TQT W4A4 each with and without HQOD, 5 seeds (about 10 hours on 2 cores, estimated from per-run times;
+# TQT W4A4 each with and without HQOD, 5 seeds (about 20 hours on 2 cores, estimated from per-run times;
 # resumable, reuses `bench`'s runs).
 bench-hqod: setup
 	$(PY) tools/benchmark_hqod.py --mode hqod --jobs 2
