@@ -178,7 +178,9 @@ def test_converged_recipe_trains_as_long_as_fp_at_its_learning_rates_with_its_qu
         if run.setting == FP_LONGER_SETTING:  # the control: FP trained on like a W4A4 QAT run, no quantizers
             longer.append(run)
             fp_dir = f"out/{run.dataset}/{run.detector}/fp32"
-            assert not set(recipe_keys) & set(opts) and run.config == plan[plan.index(run) - 1].config
+            own = [r for r in plan if (r.dataset, r.detector) == (run.dataset, run.detector)]
+            assert not set(recipe_keys) & set(opts) and run.config == own[0].config and own[0].is_fp
+            assert own[-1] == run  # last of its detector's runs: the QAT comparisons come first
             assert opts["MODEL.WEIGHTS"] == f"{fp_dir}/model_final.pth" and run.evaluates
             assert opts["SOLVER.MAX_ITER"] == str(DATA[run.dataset].fp_iters)
             assert float(opts["SOLVER.BASE_LR"]) == pytest.approx(0.8 * fp_lr[run.dataset, run.detector])

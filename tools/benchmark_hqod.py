@@ -193,7 +193,9 @@ def main():
     parser.add_argument("--name", help="results_<name>.json / .md and <name>_*.png (default: the mode's name)")
     parser.add_argument("--runs-dir", default="output/bench", help="train_net.py outputs (shared by the modes)")
     parser.add_argument("--out-dir", default="benchmarks", help="results JSON, markdown and PNGs")
-    parser.add_argument("--run-timeout", type=float, default=1800, help="seconds before a run is killed as failed")
+    parser.add_argument("--run-timeout", type=float, default=14400,
+                        help="seconds before a run is killed as failed: a guard against a hung run, far above the "
+                             "longest run's time (a 3000-iteration deepforest QAT run, ~45 min on 2 shared cores)")
     parser.add_argument("--jobs", type=int, default=1,
                         help="runs at a time, each with OMP_NUM_THREADS (else the CPU count) / jobs threads")
     parser.add_argument("--skip-speed", action="store_true", help="leave out the speed and memory comparison")

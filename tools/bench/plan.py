@@ -244,9 +244,10 @@ def data_opts(spec: DataSpec, sets: dict) -> list:
 
 
 def build_plan(mode: Mode, root: str, device: str, data_sets: dict, tqt: bool = False) -> list:
-    """The runs of ``mode`` in execution order: per data set and detector FP, the calibrations, then seed by seed
-    every QAT setting (so an interrupted bench has whole seeds). ``data_sets``: data set -> ``data_opts``' sets.
-    FP runs go to ``<root>/<data set>/<detector>/fp32``, the recipe's runs under ``.../<recipe name>/``."""
+    """The runs of ``mode`` in execution order: per data set and detector FP, the calibrations, seed by seed every
+    QAT setting (so an interrupted bench has whole seeds), then the FP-trained-on control. ``data_sets``: data set
+    -> ``data_opts``' sets. FP runs go to ``<root>/<data set>/<detector>/fp32``, the recipe's runs under
+    ``.../<recipe name>/``."""
     settings = mode.settings + (TQT_SETTINGS if tqt and not set(TQT_SETTINGS) <= set(mode.settings) else ())
     recipe = mode.recipe
     runs = []
@@ -264,12 +265,6 @@ def build_plan(mode: Mode, root: str, device: str, data_sets: dict, tqt: bool = 
                             tuple(common + schedule_opts(spec.fp_iters, 0.1, (0.75, 0.9)) + fp_lr
                                   + ["SEED", "0", "OUTPUT_DIR", fp_dir]), fp_dir, spec.fp_iters, splits))
             fp_rate = fp_learning_rate(dataset, detector) if recipe.lr_factor else None
-            if recipe.converged:  # trained on as a W4A4 run is
-                out = f"{recipe_dir}/{FP_LONGER_SETTING}/seed1"
-                runs.append(Run(dataset, detector, FP_LONGER_SETTING, 1, FP_CONFIGS[dataset].format(detector),
-                                tuple(common + recipe.training_opts(spec, 4, fp_rate)
-                                      + ["MODEL.WEIGHTS", f"{fp_dir}/model_final.pth", "SEED", "1",
-                                         "OUTPUT_DIR", out]), out, recipe.iters(spec, 4), splits))
             calibrated = {}
             for base in dict.fromkeys(baseline_of(s) for s in settings):
                 out = f"{recipe_dir}/calib_{base}"
@@ -292,6 +287,12 @@ def build_plan(mode: Mode, root: str, device: str, data_sets: dict, tqt: bool = 
                     opts += list(VARIANTS[variant]) if variant else []
                     runs.append(Run(dataset, detector, setting, seed, qat_config(dataset, detector, plain),
                                     tuple(opts), out, recipe.iters(spec, bits), splits))
+            if recipe.converged:  # trained on as a W4A4 run is; last: a control
+                out = f"{recipe_dir}/{FP_LONGER_SETTING}/seed1"
+                runs.append(Run(dataset, detector, FP_LONGER_SETTING, 1, FP_CONFIGS[dataset].format(detector),
+                                tuple(common + recipe.training_opts(spec, 4, fp_rate)
+                                      + ["MODEL.WEIGHTS", f"{fp_dir}/model_final.pth", "SEED", "1",
+                                         "OUTPUT_DIR", out]), out, recipe.iters(spec, 4), splits))
     return runs
 
 
