@@ -59,8 +59,8 @@ quickstart-qat: setup
 
 # Does HQOD help, with QAT that has converged? FP vs LSQ vs LSQ + HQOD at W4A4 and W2A2 with the recipe chosen on
 # val (tools/bench/plan.py CONVERGED: as long as FP, per-channel, depthwise convs at 8 bits), RetinaNet and FCOS on
-# shapes, 3 seeds, every run evaluated on val and test (about 2 hours of wall time on 2 cores, 3.6 hours of summed run time); results (test; val kept in
-# the JSON), plots and report in benchmarks/, runs in output/bench/. Resumable.
+# shapes, 3 seeds, every run evaluated on val and test (about 2 hours of wall time on 2 cores, 3.6 hours of summed
+# run time); results (test; val kept in the JSON), plots and report in benchmarks/, runs in output/bench/. Resumable.
 bench: setup
 	$(PY) tools/benchmark_hqod.py --mode full --jobs 2
 

@@ -195,7 +195,8 @@ def main():
     parser.add_argument("--out-dir", default="benchmarks", help="results JSON, markdown and PNGs")
     parser.add_argument("--run-timeout", type=float, default=14400,
                         help="seconds before a run is killed as failed: a guard against a hung run, far above the "
-                             "longest run's time (a 3000-iteration deepforest QAT run, ~45 min on 2 shared cores)")
+                             "longest run's time (a 2400-iteration shapes QAT run took up to 26 min on 2 loaded "
+                             "cores)")
     parser.add_argument("--jobs", type=int, default=1,
                         help="runs at a time, each with OMP_NUM_THREADS (else the CPU count) / jobs threads")
     parser.add_argument("--skip-speed", action="store_true", help="leave out the speed and memory comparison")
