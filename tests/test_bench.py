@@ -335,7 +335,7 @@ def test_a_reused_run_keeps_the_wall_time_recorded_for_the_same_settings_only(tm
     run = _finished_run(tmp_path)  # no config.yaml: its record's settings are {}
     # as recorded when it ran, or when a run with other settings (a shorter FP schedule) had its folder
     earlier = dict(runs.describe(run), wall_s=300.0, config=earlier_config)
-    results = {"runs": {run.key: earlier}, "report_split": "test"}
+    results = {"runs": {run.key: [earlier]}, "report_split": "test"}
     benchmark_hqod.run_all([run], results, tmp_path / "r.json", 600, jobs=1)
     assert results["runs"][run.key]["reused"] and results["runs"][run.key].get("wall_s") == (300.0 if kept else None)
 
@@ -650,10 +650,54 @@ def test_an_interrupted_parallel_bench_kills_its_running_children(tmp_path, monk
 
 def test_earlier_records_keep_the_measured_wall_time_over_a_later_reuse_without_it(tmp_path):
     import benchmark_hqod
-    measured = {"key": "k", "output_dir": "o", "wall_s": 300.0, "status": "ok"}
-    reused = {"key": "k", "output_dir": "o", "status": "ok", "reused": True}
-    newer = {"key": "j", "output_dir": "p", "wall_s": 5.0, "status": "ok"}
+    measured = {"key": "k", "output_dir": "o", "wall_s": 300.0, "status": "ok", "config": {}}
+    reused = {"key": "k", "output_dir": "o", "status": "ok", "reused": True, "config": {}}
+    other_recipe = {"key": "k", "output_dir": "o", "wall_s": 90.0, "status": "ok", "config": {"max_iter": 1200}}
+    newer = {"key": "j", "output_dir": "p", "wall_s": 5.0, "status": "ok", "config": {}}
     store.save(tmp_path / "results_lane.json", {"runs": {"k": measured, "j": dict(newer, wall_s=1.0)}})
     store.save(tmp_path / "results_full.json", {"runs": {"k": reused, "j": newer}})
+    store.save(tmp_path / "results_short.json", {"runs": {"k": other_recipe}})
     records = benchmark_hqod.earlier_records(tmp_path, tmp_path / "results_full.json")
-    assert records["k"]["wall_s"] == 300.0 and records["j"]["wall_s"] == 5.0  # this mode's file wins otherwise
+    assert benchmark_hqod.matching_record(records["k"], "o", {})["wall_s"] == 300.0
+    assert benchmark_hqod.matching_record(records["j"], "p", {})["wall_s"] == 5.0  # this mode's file wins otherwise
+    assert benchmark_hqod.matching_record(records["k"], "o", {"max_iter": 2400}) is None
+
+
+@pytest.mark.parametrize("fp_ap_now, flag, from_record", [(50.0, True, True), (50.5, True, False),
+                                                           (50.0, False, False)])
+def test_a_qat_run_whose_folder_is_gone_is_taken_from_its_record_only_from_the_recorded_fp_start(
+        tmp_path, monkeypatch, fp_ap_now, flag, from_record):
+    """With --reuse-records a QAT run recorded ok with the same settings is not run again when its FP run, run
+    again, gives the recorded metrics; the FP and calibration runs (other runs start from them) always run, and a
+    record of other settings (another recipe's run of the same key) is not taken."""
+    import benchmark_hqod
+    plan = build_plan(select(MODES["full"], detectors=["retinanet"], settings=["lsq_w4a4"], seeds=2),
+                      str(tmp_path), "cpu", FAKE_SETS)
+    fp, qat = plan[0], [r for r in plan if r.setting == "lsq_w4a4"]
+    executed = []
+
+    def fake_execute(run, timeout_s, threads):
+        executed.append(run.key)
+        ap = fp_ap_now if run.is_fp else 1.0
+        return {"key": run.key, "dataset": run.dataset, "detector": run.detector, "setting": run.setting,
+                "seed": run.seed, "status": "ok", "output_dir": run.output_dir, "config": {"fp": run.is_fp},
+                "metrics": {"val": {"bbox/AP": ap}, "test": {"bbox/AP": ap}}}
+
+    def record(run, ap, config):
+        return dict(fake_execute(run, 0, "1"), metrics={"val": {"bbox/AP": ap}, "test": {"bbox/AP": ap}},
+                    config=config, wall_s=480.0)
+
+    earlier = {fp.key: [record(fp, 50.0, {"fp": True})],
+               qat[0].key: [record(qat[0], 70.0, runs.planned_config(qat[0]))],
+               qat[1].key: [record(qat[1], 71.0, dict(runs.planned_config(qat[1]), max_iter=1200))]}
+    executed.clear()
+    monkeypatch.setattr(benchmark_hqod, "execute", fake_execute)
+    results = {"runs": earlier, "report_split": "test"}
+    benchmark_hqod.run_all(plan, results, tmp_path / "r.json", 60, jobs=1, reuse_records=flag)
+    assert fp.key in executed and f"shapes/retinanet/calib_lsq_w4a4/seed0" in executed
+    assert qat[1].key in executed  # recorded with another schedule
+    assert (qat[0].key not in executed) == from_record
+    taken = results["runs"][qat[0].key]
+    assert (taken["metrics"]["test"]["bbox/AP"] == 70.0 and taken["from_record"]) if from_record \
+        else taken["metrics"]["test"]["bbox/AP"] == 1.0
+

@@ -37,7 +37,7 @@ from hqod.utils.io import atomic_write_bytes
 from bench import plots, report, speed, store
 from bench.data import write_eval_subset, write_train_crops
 from bench.plan import BATCH, CALIB_IMAGES, DATA, FP_SETTING, MODES, SPLITS, build_plan, select
-from bench.runs import describe, execute, is_complete, kill_running
+from bench.runs import describe, execute, is_complete, kill_running, planned_config
 from bench.summary import summarize
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -57,14 +57,21 @@ def bench_sets(spec, data_dir: pathlib.Path) -> dict:
 
 
 def earlier_records(out_dir: pathlib.Path, json_path: pathlib.Path) -> dict:
-    """Run records of earlier benches in ``out_dir`` (this mode's last, so they win, unless they lack the wall time
-    another one has): a reused run keeps the time and memory measured when it ran."""
+    """Run records of earlier benches in ``out_dir``: key -> its records, this mode's last (another recipe's run of
+    the same key has its own record): a reused run keeps the time and memory measured when it ran."""
     records = {}
     for path in sorted(out_dir.glob("results_*.json"), key=lambda p: p == json_path):
         for key, record in store.load(path).get("runs", {}).items():
-            if record.get("wall_s") is not None or records.get(key, {}).get("wall_s") is None:
-                records[key] = record
+            records.setdefault(key, []).append(record)
     return records
+
+
+def matching_record(earlier: list, output_dir: str, config: dict):
+    """The last of ``earlier`` (records of one key) with this output folder and settings, one with a measured wall
+    time first; None if there is none."""
+    same = [r for r in earlier if r.get("output_dir") == output_dir and r.get("config") == config]
+    timed = [r for r in same if r.get("wall_s") is not None]
+    return (timed or same or [None])[-1]
 
 
 def host_info(device: str) -> dict:
@@ -73,14 +80,17 @@ def host_info(device: str) -> dict:
             "load_before": [round(v, 2) for v in os.getloadavg()]}
 
 
-def run_all(runs, results, json_path, timeout_s, jobs=1):
+def run_all(runs, results, json_path, timeout_s, jobs=1, reuse_records=False):
     """Run (or reuse) every run, up to ``jobs`` at a time, each as soon as the run making its MODEL.WEIGHTS has
     finished (in plan order otherwise), saving the results after each; a run whose MODEL.WEIGHTS come from a failed
-    run fails too. ``results["runs"]`` holds the earlier records on entry; each record is stamped with
-    ``results["report_split"]``. Interrupted (e.g. SystemExit on SIGTERM), it kills the running children."""
+    run fails too. ``results["runs"]`` holds ``earlier_records`` on entry; each record is stamped with
+    ``results["report_split"]``. With ``reuse_records`` a run whose output folder is gone is taken from its earlier
+    record (``from_record``) when ``reusable_record`` allows. Interrupted (e.g. SystemExit on SIGTERM), it kills the
+    running children."""
     previous = results["runs"]
     results["runs"] = {}
-    makers = {f"{run.output_dir}/model_final.pth" for run in runs}
+    makers = {f"{run.output_dir}/model_final.pth": run for run in runs}
+    needed = {run.weights for run in runs}
     made, failed = set(), set()
     cores = int(os.environ.get("OMP_NUM_THREADS") or os.cpu_count() or 1)  # what the bench may use, shared by jobs
     threads = str(max(1, cores // jobs))
@@ -92,16 +102,36 @@ def run_all(runs, results, json_path, timeout_s, jobs=1):
         store.save(json_path, results)
         print(f"[{i}/{len(runs)}] {progress_line(record)}", flush=True)
 
+    def reusable_record(run):
+        """The earlier ok record of ``run`` (same output folder and settings) if no run of the plan starts from its
+        checkpoint and every evaluated run it descends from (its FP run) gave again the metrics recorded then: the
+        same start, so the record stands for the run. Else None."""
+        if not run.evaluates or f"{run.output_dir}/model_final.pth" in needed:
+            return None
+        record = matching_record(previous.get(run.key, []), run.output_dir, planned_config(run))
+        if record is None or record.get("status") != "ok":
+            return None
+        ancestor = makers.get(run.weights)
+        while ancestor is not None:
+            now = results["runs"].get(ancestor.key, {})
+            then = matching_record(previous.get(ancestor.key, []), ancestor.output_dir, now.get("config"))
+            if ancestor.evaluates and (then is None or store.plain(then["metrics"]) != store.plain(now["metrics"])):
+                return None
+            ancestor = makers.get(ancestor.weights)
+        return record
+
     def without_running(i, run):
-        """Record ``run`` if it needs no running: its input failed, or it is complete; else return False."""
+        """Record ``run`` if it needs no running: its input failed, or it is complete (or, with ``reuse_records``,
+        recorded); else return False."""
         if run.weights in failed:
             finish(i, run, dict(describe(run), status="failed", error=f"{run.weights} was not made (that run failed)"))
         elif is_complete(run):
             record = describe(run)
-            earlier = previous.get(run.key, {})
-            same = all(earlier.get(k) == record[k] for k in ("output_dir", "config"))  # not another recipe's run
-            measured = {k: v for k, v in earlier.items() if k in ("wall_s", "peak_rss_mb", "rc")} if same else {}
+            earlier = matching_record(previous.get(run.key, []), run.output_dir, record["config"]) or {}
+            measured = {k: v for k, v in earlier.items() if k in ("wall_s", "peak_rss_mb", "rc")}
             finish(i, run, dict(record, **measured, reused=True))
+        elif reuse_records and (record := reusable_record(run)) is not None:
+            finish(i, run, dict(record, reused=True, from_record=True))
         else:
             return False
         return True
@@ -157,14 +187,14 @@ def draw(runs, records, summary, split, data_sets, mode, name, out_dir):
         test_set = data_sets[dataset][split]
         gt = ground_truth_by_image(data_sets[dataset]["json"][split])
         for detector in mode.detectors:
-            first = {}
+            first = {}  # setting -> (seed, detections) of its first successful run whose folder is here
             for run in runs:
-                rec = records.get(run.key, {})
-                if (run.dataset, run.detector) == (dataset, detector) and rec.get("status") == "ok":
-                    first.setdefault(run.setting, run)
-            panels = [(plots.label(s) + ("" if s == FP_SETTING else f", seed {first[s].seed}"),
-                       pathlib.Path(first[s].output_dir) / "inference" / test_set /
-                       "coco_instances_results.json") for s in (FP_SETTING,) + mode.settings if s in first]
+                detections = pathlib.Path(run.output_dir) / "inference" / test_set / "coco_instances_results.json"
+                if ((run.dataset, run.detector) == (dataset, detector) and detections.is_file()
+                        and records.get(run.key, {}).get("status") == "ok"):
+                    first.setdefault(run.setting, (run.seed, detections))
+            panels = [(plots.label(s) + ("" if s == FP_SETTING else f", seed {first[s][0]}"), first[s][1])
+                      for s in (FP_SETTING,) + mode.settings if s in first]
             if panels:
                 figure = f"{name}_hexbin_{dataset}_{detector}.png"
                 plots.hexbins(out_dir / figure, panels, gt, f"{dataset} / {detector}: score vs IoU on "
@@ -199,6 +229,10 @@ def main():
                              "cores)")
     parser.add_argument("--jobs", type=int, default=1,
                         help="runs at a time, each with OMP_NUM_THREADS (else the CPU count) / jobs threads")
+    parser.add_argument("--reuse-records", action="store_true",
+                        help="take a run whose output folder is gone from its ok record in --out-dir's results_*.json "
+                             "(same folder and settings) when no run starts from it and its FP run, run again, gives "
+                             "the recorded metrics (a bench spread over sessions that lose output/)")
     parser.add_argument("--skip-speed", action="store_true", help="leave out the speed and memory comparison")
     parser.add_argument("--dry-run", action="store_true", help="print the train_net.py commands and stop")
     args = parser.parse_args()
@@ -229,7 +263,7 @@ def main():
                "plan": {"mode": dataclasses.asdict(mode), "data": data, "batch": BATCH, "calib_images": CALIB_IMAGES,
                         "tqt": args.tqt},
                "runs": earlier_records(out_dir, json_path)}
-    run_all(runs, results, json_path, args.run_timeout, args.jobs)
+    run_all(runs, results, json_path, args.run_timeout, args.jobs, args.reuse_records)
     if not args.skip_speed and mode.speed_iters and set(speed.SPEED_SETTINGS) <= {r.setting for r in runs}:
         print("speed and memory: FP, LSQ W4A4, LSQ + HQOD W4A4 ...", flush=True)
         results["speed"] = speed.measure(runs, mode.speed_iters, 2, args.run_timeout)

@@ -15,6 +15,8 @@ import time
 
 import yaml
 
+from detectron2.config import get_cfg
+from hqod.config import add_hqod_config
 from hqod.utils.io import atomic_write_bytes
 
 COMMAND_FILE = "bench_command.json"
@@ -135,9 +137,21 @@ def describe(run) -> dict:
 
 def effective_config(path: pathlib.Path) -> dict:
     """The settings a run used, from the config.yaml Detectron2 wrote into its output folder."""
-    if not path.is_file():
-        return {}
-    cfg = yaml.safe_load(path.read_text())
+    return settings_of(yaml.safe_load(path.read_text())) if path.is_file() else {}
+
+
+def planned_config(run) -> dict:
+    """The settings ``run`` will use (``effective_config`` of the config.yaml it would write), without running it or
+    needing its inputs."""
+    cfg = get_cfg()
+    add_hqod_config(cfg)
+    cfg.merge_from_file(run.config)
+    cfg.merge_from_list(list(run.opts))
+    return settings_of(yaml.safe_load(cfg.dump()))
+
+
+def settings_of(cfg: dict) -> dict:
+    """The settings the bench records of a run's full config (a dict as config.yaml holds it)."""
     solver, inp, quant = cfg["SOLVER"], cfg["INPUT"], cfg["MODEL"]["QUANT"]
     result = {k.lower(): solver[k] for k in ("IMS_PER_BATCH", "BASE_LR", "MAX_ITER", "STEPS", "WARMUP_ITERS",
                                              "WARMUP_FACTOR", "WEIGHT_DECAY", "MOMENTUM")}

@@ -6,14 +6,14 @@ import pathlib
 from hqod.utils.io import atomic_write_bytes
 
 
-def _plain(value):
+def plain(value):
     """``value`` with non-finite floats replaced by None (strict JSON), recursively."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
+        return {k: plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
+        return [plain(v) for v in value]
     return value
 
 
@@ -24,4 +24,4 @@ def load(path: pathlib.Path) -> dict:
 
 def save(path: pathlib.Path, results: dict) -> None:
     """Write ``results`` to ``path`` whole or not at all."""
-    atomic_write_bytes(path, (json.dumps(_plain(results), indent=1) + "\n").encode())
+    atomic_write_bytes(path, (json.dumps(plain(results), indent=1) + "\n").encode())
