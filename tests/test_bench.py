@@ -701,3 +701,26 @@ def test_a_qat_run_whose_folder_is_gone_is_taken_from_its_record_only_from_the_r
     assert (taken["metrics"]["test"]["bbox/AP"] == 70.0 and taken["from_record"]) if from_record \
         else taken["metrics"]["test"]["bbox/AP"] == 1.0
 
+
+
+def test_report_only_runs_nothing_and_lists_what_the_plan_left_undone(tmp_path, monkeypatch):
+    """--report-only of an interrupted bench: the runs done are recorded, the others (and the runs that start from
+    them) are listed as not run, nothing is executed and nothing waits for a run that never comes."""
+    import benchmark_hqod
+    plan = build_plan(select(MODES["full"], detectors=["retinanet"], settings=["lsq_w4a4"], seeds=2),
+                      str(tmp_path), "cpu", FAKE_SETS)
+    done = {plan[0].key, plan[1].key, plan[2].key}  # FP, calibration, seed 1
+
+    def never(*args):
+        raise AssertionError("--report-only ran a run")
+
+    monkeypatch.setattr(benchmark_hqod, "execute", never)
+    monkeypatch.setattr(benchmark_hqod, "is_complete", lambda run: run.key in done)
+    monkeypatch.setattr(benchmark_hqod, "describe",
+                        lambda run: dict(_record(run.setting, run.seed, 50.0), config={}))
+    results = {"runs": {}, "report_split": "test"}
+    benchmark_hqod.run_all(plan, results, tmp_path / "r.json", 60, jobs=2, report_only=True)
+    assert set(results["runs"]) == done and sorted(results["not_run"]) == sorted(r.key for r in plan[3:])
+    results.update(_results(list(results["runs"].values())), not_run=results["not_run"])
+    text = report.render(results, [])
+    assert "**Not run** (2 runs of the plan; the report covers the rest): " in text and f"`{plan[3].key}`" in text

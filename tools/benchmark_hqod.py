@@ -80,18 +80,19 @@ def host_info(device: str) -> dict:
             "load_before": [round(v, 2) for v in os.getloadavg()]}
 
 
-def run_all(runs, results, json_path, timeout_s, jobs=1, reuse_records=False):
+def run_all(runs, results, json_path, timeout_s, jobs=1, reuse_records=False, report_only=False):
     """Run (or reuse) every run, up to ``jobs`` at a time, each as soon as the run making its MODEL.WEIGHTS has
     finished (in plan order otherwise), saving the results after each; a run whose MODEL.WEIGHTS come from a failed
     run fails too. ``results["runs"]`` holds ``earlier_records`` on entry; each record is stamped with
     ``results["report_split"]``. With ``reuse_records`` a run whose output folder is gone is taken from its earlier
-    record (``from_record``) when ``reusable_record`` allows. Interrupted (e.g. SystemExit on SIGTERM), it kills the
-    running children."""
+    record (``from_record``) when ``reusable_record`` allows. With ``report_only`` nothing runs: a run not done is
+    listed in ``results["not_run"]``. Interrupted (e.g. SystemExit on SIGTERM), it kills the running children."""
     previous = results["runs"]
     results["runs"] = {}
     makers = {f"{run.output_dir}/model_final.pth": run for run in runs}
     needed = {run.weights for run in runs}
-    made, failed = set(), set()
+    made, failed, not_run = set(), set(), set()
+    results["not_run"] = []
     cores = int(os.environ.get("OMP_NUM_THREADS") or os.cpu_count() or 1)  # what the bench may use, shared by jobs
     threads = str(max(1, cores // jobs))
 
@@ -132,6 +133,10 @@ def run_all(runs, results, json_path, timeout_s, jobs=1, reuse_records=False):
             finish(i, run, dict(record, **measured, reused=True))
         elif reuse_records and (record := reusable_record(run)) is not None:
             finish(i, run, dict(record, reused=True, from_record=True))
+        elif report_only:
+            not_run.add(f"{run.output_dir}/model_final.pth")
+            results["not_run"].append(run.key)
+            print(f"[{i}/{len(runs)}] {run.key}: not run (--report-only)", flush=True)
         else:
             return False
         return True
@@ -141,7 +146,7 @@ def run_all(runs, results, json_path, timeout_s, jobs=1, reuse_records=False):
     with concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as pool:
         try:
             while pending or running:
-                ready = [(i, run) for i, run in pending if run.weights not in makers or run.weights in made | failed]
+                ready = [(i, run) for i, run in pending if run.weights not in makers or run.weights in made | failed | not_run]
                 if not ready and not running:
                     raise RuntimeError(f"{pending[0][1].key}: its MODEL.WEIGHTS are made by no run of the plan")
                 recorded = False
@@ -233,6 +238,9 @@ def main():
                         help="take a run whose output folder is gone from its ok record in --out-dir's results_*.json "
                              "(same folder and settings) when no run starts from it and its FP run, run again, gives "
                              "the recorded metrics (a bench spread over sessions that lose output/)")
+    parser.add_argument("--report-only", action="store_true",
+                        help="run nothing: summarise and report the runs already done (e.g. of an interrupted bench); "
+                             "the report lists the runs of the plan not run")
     parser.add_argument("--skip-speed", action="store_true", help="leave out the speed and memory comparison")
     parser.add_argument("--dry-run", action="store_true", help="print the train_net.py commands and stop")
     args = parser.parse_args()
@@ -263,8 +271,8 @@ def main():
                "plan": {"mode": dataclasses.asdict(mode), "data": data, "batch": BATCH, "calib_images": CALIB_IMAGES,
                         "tqt": args.tqt},
                "runs": earlier_records(out_dir, json_path)}
-    run_all(runs, results, json_path, args.run_timeout, args.jobs, args.reuse_records)
-    if not args.skip_speed and mode.speed_iters and set(speed.SPEED_SETTINGS) <= {r.setting for r in runs}:
+    run_all(runs, results, json_path, args.run_timeout, args.jobs, args.reuse_records, args.report_only)
+    if not (args.skip_speed or args.report_only) and mode.speed_iters and set(speed.SPEED_SETTINGS) <= {r.setting for r in runs}:
         print("speed and memory: FP, LSQ W4A4, LSQ + HQOD W4A4 ...", flush=True)
         results["speed"] = speed.measure(runs, mode.speed_iters, 2, args.run_timeout)
     records = list(results["runs"].values())

@@ -163,16 +163,22 @@ def render(results, figures) -> str:
     split, other = results["report_split"], _other_split(results)
     failed = [r for r in results["runs"].values() if r["status"] != "ok"]
     reused = sum(1 for r in results["runs"].values() if r.get("reused"))
+    from_records = sum(1 for r in results["runs"].values() if r.get("from_record"))
+    not_run = results.get("not_run", [])
     lines = [f"# HQOD bench, {results['mode']} mode", "",
              f"Command: `{results['command']}`. Started {results['started']}, {results['wall_s'] / 60:.1f} min in "
              f"all. {host['cpus']} CPU(s), torch {host['torch']}, device {host['device']}; load average "
              f"{host['load_before']} before, {host['load_after']} after. {len(results['runs'])} runs, "
-             f"{reused} of them done by an earlier invocation (their times are from then), "
-             f"{results['runs_wall_s'] / 60:.1f} min of run time in all. Results: `{results['json']}`.", "",
-             f"Every run is evaluated on its data set's val and test subsets; **the tables and figures show the "
-             f"{split} split**, the {other} split's AP is beside them (settings are chosen on val, reported on "
-             f"test); both splits' metrics are in the JSON.", "",
-             "## Settings", ""] + _settings_table(results)
+             f"{reused} of them done by an earlier invocation (their times are from then; {from_records} taken from "
+             f"their records, their folders gone), {results['runs_wall_s'] / 60:.1f} min of run time in all. "
+             f"Results: `{results['json']}`.", ""]
+    if not_run:
+        lines += [f"**Not run** ({len(not_run)} runs of the plan; the report covers the rest): "
+                  + ", ".join(f"`{key}`" for key in not_run) + ".", ""]
+    lines += [f"Every run is evaluated on its data set's val and test subsets; **the tables and figures show the "
+              f"{split} split**, the {other} split's AP is beside them (settings are chosen on val, reported on "
+              f"test); both splits' metrics are in the JSON.", "",
+              "## Settings", ""] + _settings_table(results)
     lines += ["", f"## AP and harmony on {split} (mean ± std over seeds; FP: one run)", ""] + _results_table(results)
     lines += ["", f"## Paired difference on {split}, same seed (HQOD − baseline; a variant − its setting)", ""]
     lines += _paired_table(results)
