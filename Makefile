@@ -65,10 +65,11 @@ bench: setup
 	$(PY) tools/benchmark_hqod.py --mode full --jobs 2
 
 # The whole HQOD measurement: the converged recipe on shapes and deepforest, RetinaNet and FCOS, LSQ W4A4 / W2A2 and
-# TQT W4A4 each with and without HQOD, 5 seeds (about 20 hours on 2 cores, estimated from per-run times;
-# resumable, reuses `bench`'s runs).
+# TQT W4A4 each with and without HQOD, 5 seeds (about 20 hours on 2 cores, estimated from per-run times; resumable,
+# reuses `bench`'s runs, and with --reuse-records the runs recorded in benchmarks/ when output/ is gone, so it can be
+# spread over several sessions).
 bench-hqod: setup
-	$(PY) tools/benchmark_hqod.py --mode hqod --jobs 2
+	$(PY) tools/benchmark_hqod.py --mode hqod --jobs 2 --reuse-records
 
 # MODEL.HQOD.NORMALIZER "detector" vs "num_pos" for LSQ + HQOD W4A4 on shapes, every dense detector, 3 seeds, short
 # QAT; the "detector" runs of RetinaNet seeds 1 and 2 are those of `bench-quick`.
