@@ -91,7 +91,7 @@ def run_all(runs, results, json_path, timeout_s, jobs=1, reuse_records=False, re
     results["runs"] = {}
     makers = {f"{run.output_dir}/model_final.pth": run for run in runs}
     needed = {run.weights for run in runs}
-    made, failed, not_run = set(), set(), set()
+    made, failed, not_run = set(), set(), set()  # model_final.pth paths by what became of their run
     results["not_run"] = []
     cores = int(os.environ.get("OMP_NUM_THREADS") or os.cpu_count() or 1)  # what the bench may use, shared by jobs
     threads = str(max(1, cores // jobs))
@@ -146,7 +146,8 @@ def run_all(runs, results, json_path, timeout_s, jobs=1, reuse_records=False, re
     with concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as pool:
         try:
             while pending or running:
-                ready = [(i, run) for i, run in pending if run.weights not in makers or run.weights in made | failed | not_run]
+                settled = made | failed | not_run
+                ready = [(i, run) for i, run in pending if run.weights not in makers or run.weights in settled]
                 if not ready and not running:
                     raise RuntimeError(f"{pending[0][1].key}: its MODEL.WEIGHTS are made by no run of the plan")
                 recorded = False
@@ -272,7 +273,8 @@ def main():
                         "tqt": args.tqt},
                "runs": earlier_records(out_dir, json_path)}
     run_all(runs, results, json_path, args.run_timeout, args.jobs, args.reuse_records, args.report_only)
-    if not (args.skip_speed or args.report_only) and mode.speed_iters and set(speed.SPEED_SETTINGS) <= {r.setting for r in runs}:
+    measure_speed = not (args.skip_speed or args.report_only) and mode.speed_iters
+    if measure_speed and set(speed.SPEED_SETTINGS) <= {r.setting for r in runs}:
         print("speed and memory: FP, LSQ W4A4, LSQ + HQOD W4A4 ...", flush=True)
         results["speed"] = speed.measure(runs, mode.speed_iters, 2, args.run_timeout)
     records = list(results["runs"].values())
