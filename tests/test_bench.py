@@ -676,31 +676,28 @@ def test_a_qat_run_whose_folder_is_gone_is_taken_from_its_record_only_from_the_r
     fp, qat = plan[0], [r for r in plan if r.setting == "lsq_w4a4"]
     executed = []
 
-    def fake_execute(run, timeout_s, threads):
-        executed.append(run.key)
-        ap = fp_ap_now if run.is_fp else 1.0
+    def record(run, ap, config=None):
         return {"key": run.key, "dataset": run.dataset, "detector": run.detector, "setting": run.setting,
-                "seed": run.seed, "status": "ok", "output_dir": run.output_dir, "config": {"fp": run.is_fp},
+                "seed": run.seed, "status": "ok", "output_dir": run.output_dir,
+                "config": config or runs.planned_config(run),
                 "metrics": {"val": {"bbox/AP": ap}, "test": {"bbox/AP": ap}}}
 
-    def record(run, ap, config):
-        return dict(fake_execute(run, 0, "1"), metrics={"val": {"bbox/AP": ap}, "test": {"bbox/AP": ap}},
-                    config=config, wall_s=480.0)
+    def fake_execute(run, timeout_s, threads):
+        executed.append(run.key)
+        return record(run, fp_ap_now if run.is_fp else 1.0)
 
-    earlier = {fp.key: [record(fp, 50.0, {"fp": True})],
-               qat[0].key: [record(qat[0], 70.0, runs.planned_config(qat[0]))],
+    # the FP run's record matches too: it runs all the same, as the QAT runs start from it
+    earlier = {fp.key: [record(fp, 50.0)], qat[0].key: [record(qat[0], 70.0)],
                qat[1].key: [record(qat[1], 71.0, dict(runs.planned_config(qat[1]), max_iter=1200))]}
-    executed.clear()
     monkeypatch.setattr(benchmark_hqod, "execute", fake_execute)
     results = {"runs": earlier, "report_split": "test"}
     benchmark_hqod.run_all(plan, results, tmp_path / "r.json", 60, jobs=1, reuse_records=flag)
-    assert fp.key in executed and f"shapes/retinanet/calib_lsq_w4a4/seed0" in executed
+    assert fp.key in executed and "shapes/retinanet/calib_lsq_w4a4/seed0" in executed
     assert qat[1].key in executed  # recorded with another schedule
     assert (qat[0].key not in executed) == from_record
     taken = results["runs"][qat[0].key]
     assert (taken["metrics"]["test"]["bbox/AP"] == 70.0 and taken["from_record"]) if from_record \
         else taken["metrics"]["test"]["bbox/AP"] == 1.0
-
 
 
 def test_report_only_runs_nothing_and_lists_what_the_plan_left_undone(tmp_path, monkeypatch):

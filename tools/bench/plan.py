@@ -301,10 +301,17 @@ def fp_learning_rate(dataset: str, detector: str) -> float:
     """SOLVER.BASE_LR of the bench's FP run: the data set's ``fp_lr``, else its FP config's."""
     if DATA[dataset].fp_lr:
         return DATA[dataset].fp_lr
+    return merged_config(str(REPO / FP_CONFIGS[dataset].format(detector))).SOLVER.BASE_LR
+
+
+def merged_config(config_file: str, opts=()):
+    """The Detectron2 config of ``config_file`` with hqod's keys and the ``KEY VALUE`` overrides ``opts``, unvalidated
+    (the bench reads settings from it; train_net.py validates when it runs)."""
     cfg = get_cfg()
     add_hqod_config(cfg)
-    cfg.merge_from_file(str(REPO / FP_CONFIGS[dataset].format(detector)))
-    return cfg.SOLVER.BASE_LR
+    cfg.merge_from_file(config_file)
+    cfg.merge_from_list(list(opts))
+    return cfg
 
 
 def qat_config(dataset: str, detector: str, setting: str) -> str:

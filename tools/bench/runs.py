@@ -15,9 +15,9 @@ import time
 
 import yaml
 
-from detectron2.config import get_cfg
-from hqod.config import add_hqod_config
 from hqod.utils.io import atomic_write_bytes
+
+from .plan import merged_config
 
 COMMAND_FILE = "bench_command.json"
 _LIVE = set()  # train_net.py children now running (execute may run in several threads)
@@ -143,11 +143,7 @@ def effective_config(path: pathlib.Path) -> dict:
 def planned_config(run) -> dict:
     """The settings ``run`` will use (``effective_config`` of the config.yaml it would write), without running it or
     needing its inputs."""
-    cfg = get_cfg()
-    add_hqod_config(cfg)
-    cfg.merge_from_file(run.config)
-    cfg.merge_from_list(list(run.opts))
-    return settings_of(yaml.safe_load(cfg.dump()))
+    return settings_of(yaml.safe_load(merged_config(run.config, run.opts).dump()))
 
 
 def settings_of(cfg: dict) -> dict:
