@@ -116,7 +116,9 @@ def run_all(runs, results, json_path, timeout_s, jobs=1, reuse_records=False, re
         while ancestor is not None:
             now = results["runs"].get(ancestor.key, {})
             then = matching_record(previous.get(ancestor.key, []), ancestor.output_dir, now.get("config"))
-            if ancestor.evaluates and (then is None or store.plain(then["metrics"]) != store.plain(now["metrics"])):
+            same_start = then is not None and store.same_metrics(store.plain(then["metrics"]),
+                                                                 store.plain(now["metrics"]))
+            if ancestor.evaluates and not same_start:
                 return None
             ancestor = makers.get(ancestor.weights)
         return record

@@ -17,6 +17,18 @@ def plain(value):
     return value
 
 
+def same_metrics(a, b, rel_tol: float = 1e-9) -> bool:
+    """Whether two metric dicts (as ``plain`` leaves them) agree, floats to ``rel_tol``: the same model evaluated
+    again may differ in the last bits of a float (summation order), not more."""
+    if isinstance(a, float) and isinstance(b, float):
+        return math.isclose(a, b, rel_tol=rel_tol, abs_tol=1e-12)
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(same_metrics(a[k], b[k], rel_tol) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(same_metrics(x, y, rel_tol) for x, y in zip(a, b))
+    return a == b
+
+
 def load(path: pathlib.Path) -> dict:
     """The results of an earlier bench at ``path``, or ``{}``."""
     return json.loads(path.read_text()) if path.is_file() else {}
