@@ -702,6 +702,27 @@ def test_a_qat_run_whose_folder_is_gone_is_taken_from_its_record_only_from_the_r
         else taken["metrics"]["test"]["bbox/AP"] == 1.0
 
 
+def test_report_only_with_reuse_records_reports_every_recorded_run_of_a_fresh_checkout(tmp_path, monkeypatch):
+    """--report-only --reuse-records with no run folders (a new checkout): the FP and calibration runs, which a real
+    bench runs again, are taken from their records like the QAT runs, so only what no record holds is not run."""
+    import benchmark_hqod
+    plan = build_plan(select(MODES["full"], detectors=["retinanet"], settings=["lsq_w4a4"], seeds=2),
+                      str(tmp_path), "cpu", FAKE_SETS)
+    recorded = plan[:3]  # FP, calibration, seed 1
+
+    def never(*args):
+        raise AssertionError("--report-only ran a run")
+
+    monkeypatch.setattr(benchmark_hqod, "execute", never)
+    earlier = {run.key: [dict(_record(run.setting, run.seed, 50.0), key=run.key, output_dir=run.output_dir,
+                              config=runs.planned_config(run))] for run in recorded}
+    results = {"runs": earlier, "report_split": "test"}
+    benchmark_hqod.run_all(plan, results, tmp_path / "r.json", 60, jobs=2, reuse_records=True, report_only=True)
+    assert set(results["runs"]) == {run.key for run in recorded}
+    assert all(record["from_record"] for record in results["runs"].values())
+    assert sorted(results["not_run"]) == sorted(r.key for r in plan[3:])
+
+
 def test_report_only_runs_nothing_and_lists_what_the_plan_left_undone(tmp_path, monkeypatch):
     """--report-only of an interrupted bench: the runs done are recorded, the others (and the runs that start from
     them) are listed as not run, nothing is executed and nothing waits for a run that never comes."""

@@ -106,8 +106,9 @@ def run_all(runs, results, json_path, timeout_s, jobs=1, reuse_records=False, re
     def reusable_record(run):
         """The earlier ok record of ``run`` (same output folder and settings) if no run of the plan starts from its
         checkpoint and every evaluated run it descends from (its FP run) gave again the metrics recorded then: the
-        same start, so the record stands for the run. Else None."""
-        if not run.evaluates or f"{run.output_dir}/model_final.pth" in needed:
+        same start, so the record stands for the run. Else None. With ``report_only`` nothing runs, so any run
+        (FP and calibration too) is taken from its record: the report of what the records hold."""
+        if not report_only and (not run.evaluates or f"{run.output_dir}/model_final.pth" in needed):
             return None
         record = matching_record(previous.get(run.key, []), run.output_dir, planned_config(run))
         if record is None or record.get("status") != "ok":
