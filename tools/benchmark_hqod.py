@@ -117,9 +117,7 @@ def run_all(runs, results, json_path, timeout_s, jobs=1, reuse_records=False, re
         while ancestor is not None:
             now = results["runs"].get(ancestor.key, {})
             then = matching_record(previous.get(ancestor.key, []), ancestor.output_dir, now.get("config"))
-            same_start = then is not None and store.same_metrics(store.plain(then["metrics"]),
-                                                                 store.plain(now["metrics"]))
-            if ancestor.evaluates and not same_start:
+            if ancestor.evaluates and (then is None or not store.same_metrics(then["metrics"], now["metrics"])):
                 return None
             ancestor = makers.get(ancestor.weights)
         return record

@@ -18,8 +18,9 @@ def plain(value):
 
 
 def same_metrics(a, b, rel_tol: float = 1e-9) -> bool:
-    """Whether two metric dicts (as ``plain`` leaves them) agree, floats to ``rel_tol``: the same model evaluated
-    again may differ in the last bits of a float (summation order), not more."""
+    """Whether two metric dicts agree (non-finite floats as ``plain`` stores them), floats to ``rel_tol``: the same
+    model evaluated again may differ in the last bits of a float (summation order), not more."""
+    a, b = plain(a), plain(b)
     if isinstance(a, float) and isinstance(b, float):
         return math.isclose(a, b, rel_tol=rel_tol, abs_tol=1e-12)
     if isinstance(a, dict) and isinstance(b, dict):
