@@ -588,6 +588,19 @@ def test_parallel_runs_start_only_after_the_run_making_their_weights_and_a_failu
     assert json.loads((tmp_path / "r.json").read_text())["runs"].keys() == results["runs"].keys()
 
 
+def test_progress_line_shows_val_metrics_and_never_test():
+    """While runs go only the split settings are chosen on is printed; test waits for the report."""
+    import benchmark_hqod
+    record = {"key": "shapes/fcos/lsq_w4a4/seed1", "status": "ok", "wall_s": 612.4,
+              "metrics": {"val": {"bbox/AP": 81.26, "harmony/pearson": 0.9412},
+                          "test": {"bbox/AP": 79.75, "harmony/pearson": 0.9387}}}
+    line = benchmark_hqod.progress_line(record)
+    assert line == "shapes/fcos/lsq_w4a4/seed1: ok, val AP 81.3, val pearson 0.941, 612 s"
+    assert "79.8" not in line and "test" not in line
+    failed = {"key": "k", "status": "failed", "error": "boom"}
+    assert benchmark_hqod.progress_line(failed) == "k: failed, boom"
+
+
 def test_a_record_names_the_recipe_settings_its_run_used(tmp_path):
     from detectron2.config import get_cfg
     from hqod.config import add_hqod_config
