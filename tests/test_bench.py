@@ -335,7 +335,7 @@ def test_a_reused_run_keeps_the_wall_time_recorded_for_the_same_settings_only(tm
     run = _finished_run(tmp_path)  # no config.yaml: its record's settings are {}
     # as recorded when it ran, or when a run with other settings (a shorter FP schedule) had its folder
     earlier = dict(runs.describe(run), wall_s=300.0, config=earlier_config)
-    results = {"runs": {run.key: [earlier]}, "report_split": "test"}
+    results = {"runs": [{run.key: earlier}], "report_split": "test"}
     benchmark_hqod.run_all([run], results, tmp_path / "r.json", 600, jobs=1)
     assert results["runs"][run.key]["reused"] and results["runs"][run.key].get("wall_s") == (300.0 if kept else None)
 
@@ -670,10 +670,12 @@ def test_earlier_records_keep_the_measured_wall_time_over_a_later_reuse_without_
     store.save(tmp_path / "results_lane.json", {"runs": {"k": measured, "j": dict(newer, wall_s=1.0)}})
     store.save(tmp_path / "results_full.json", {"runs": {"k": reused, "j": newer}})
     store.save(tmp_path / "results_short.json", {"runs": {"k": other_recipe}})
-    records = benchmark_hqod.earlier_records(tmp_path, tmp_path / "results_full.json")
-    assert benchmark_hqod.matching_record(records["k"], "o", {})["wall_s"] == 300.0
-    assert benchmark_hqod.matching_record(records["j"], "p", {})["wall_s"] == 5.0  # this mode's file wins otherwise
-    assert benchmark_hqod.matching_record(records["k"], "o", {"max_iter": 2400}) is None
+    earlier = benchmark_hqod.earlier_records(tmp_path, tmp_path / "results_full.json")
+    assert benchmark_hqod.records_of(earlier, "j")[-1] == newer  # this mode's file last
+    assert benchmark_hqod.matching_record(benchmark_hqod.records_of(earlier, "k"), "o", {})["wall_s"] == 300.0
+    # this mode's file wins otherwise
+    assert benchmark_hqod.matching_record(benchmark_hqod.records_of(earlier, "j"), "p", {})["wall_s"] == 5.0
+    assert benchmark_hqod.matching_record(benchmark_hqod.records_of(earlier, "k"), "o", {"max_iter": 2400}) is None
 
 
 @pytest.mark.parametrize("fp_ap_now, flag, from_record", [(50.0, True, True), (50.000000000000014, True, True),
@@ -702,8 +704,8 @@ def test_a_qat_run_whose_folder_is_gone_is_taken_from_its_record_only_from_the_r
         return record(run, fp_ap_now if run.is_fp else 1.0)
 
     # the FP run's record matches too: it runs all the same, as the QAT runs start from it
-    earlier = {fp.key: [record(fp, 50.0)], qat[0].key: [record(qat[0], 70.0)],
-               qat[1].key: [record(qat[1], 71.0, dict(runs.planned_config(qat[1]), max_iter=1200))]}
+    earlier = [{fp.key: record(fp, 50.0), qat[0].key: record(qat[0], 70.0),
+                qat[1].key: record(qat[1], 71.0, dict(runs.planned_config(qat[1]), max_iter=1200))}]
     monkeypatch.setattr(benchmark_hqod, "execute", fake_execute)
     results = {"runs": earlier, "report_split": "test"}
     benchmark_hqod.run_all(plan, results, tmp_path / "r.json", 60, jobs=1, reuse_records=flag)
@@ -713,6 +715,41 @@ def test_a_qat_run_whose_folder_is_gone_is_taken_from_its_record_only_from_the_r
     taken = results["runs"][qat[0].key]
     assert (taken["metrics"]["test"]["bbox/AP"] == 70.0 and taken["from_record"]) if from_record \
         else taken["metrics"]["test"]["bbox/AP"] == 1.0
+
+
+@pytest.mark.parametrize("report_only", [False, True])
+def test_a_record_is_reused_only_beside_the_fp_record_of_its_own_results_file(tmp_path, monkeypatch, report_only):
+    """A QAT record made from one FP training is not taken once the FP run was trained again with other numbers,
+    even when another results file (an interrupted run of this bench) already holds the new FP record: the record
+    stands for its run only beside the FP record of its own file. A record made beside the new FP record is taken."""
+    import benchmark_hqod
+    plan = build_plan(select(MODES["full"], detectors=["retinanet"], settings=["lsq_w4a4"], seeds=2),
+                      str(tmp_path), "cpu", FAKE_SETS)
+    fp, calib, qat = plan[0], plan[1], [r for r in plan if r.setting == "lsq_w4a4"]
+    executed = []
+
+    def record(run, ap):
+        return {"key": run.key, "dataset": run.dataset, "detector": run.detector, "setting": run.setting,
+                "seed": run.seed, "status": "ok", "output_dir": run.output_dir, "config": runs.planned_config(run),
+                "metrics": {"val": {"bbox/AP": ap}, "test": {"bbox/AP": ap}} if run.evaluates else {}}
+
+    def fake_execute(run, timeout_s, threads):
+        executed.append(run.key)
+        return record(run, 60.0 if run.is_fp else 1.0)
+
+    monkeypatch.setattr(benchmark_hqod, "execute", fake_execute)
+    old_session = {fp.key: record(fp, 50.0), calib.key: record(calib, 0), qat[0].key: record(qat[0], 70.0)}
+    interrupted = {fp.key: record(fp, 60.0), calib.key: record(calib, 0), qat[1].key: record(qat[1], 72.0)}
+    results = {"runs": [old_session, interrupted], "report_split": "test"}
+    benchmark_hqod.run_all(plan, results, tmp_path / "r.json", 60, jobs=1, reuse_records=True,
+                           report_only=report_only)
+    assert results["runs"][fp.key]["metrics"]["test"]["bbox/AP"] == 60.0
+    assert results["runs"][qat[1].key]["metrics"]["test"]["bbox/AP"] == 72.0  # made beside the new FP record
+    if report_only:
+        assert not executed and qat[0].key in results["not_run"] and qat[1].key not in results["not_run"]
+    else:
+        assert qat[0].key in executed and qat[1].key not in executed
+        assert results["runs"][qat[0].key]["metrics"]["test"]["bbox/AP"] == 1.0
 
 
 def test_report_only_with_reuse_records_reports_every_recorded_run_of_a_fresh_checkout(tmp_path, monkeypatch):
@@ -727,8 +764,8 @@ def test_report_only_with_reuse_records_reports_every_recorded_run_of_a_fresh_ch
         raise AssertionError("--report-only ran a run")
 
     monkeypatch.setattr(benchmark_hqod, "execute", never)
-    earlier = {run.key: [dict(_record(run.setting, run.seed, 50.0), key=run.key, output_dir=run.output_dir,
-                              config=runs.planned_config(run))] for run in recorded}
+    earlier = [{run.key: dict(_record(run.setting, run.seed, 50.0), key=run.key, output_dir=run.output_dir,
+                              config=runs.planned_config(run)) for run in recorded}]
     results = {"runs": earlier, "report_split": "test"}
     benchmark_hqod.run_all(plan, results, tmp_path / "r.json", 60, jobs=2, reuse_records=True, report_only=True)
     assert set(results["runs"]) == {run.key for run in recorded}

@@ -56,18 +56,21 @@ def bench_sets(spec, data_dir: pathlib.Path) -> dict:
     return sets
 
 
-def earlier_records(out_dir: pathlib.Path, json_path: pathlib.Path) -> dict:
-    """Run records of earlier benches in ``out_dir``: key -> its records, this mode's last (another recipe's run of
-    the same key has its own record): a reused run keeps the time and memory measured when it ran."""
-    records = {}
-    for path in sorted(out_dir.glob("results_*.json"), key=lambda p: p == json_path):
-        for key, record in store.load(path).get("runs", {}).items():
-            records.setdefault(key, []).append(record)
-    return records
+def earlier_records(out_dir: pathlib.Path, json_path: pathlib.Path) -> list:
+    """The run records of each earlier bench in ``out_dir`` (key -> record per results file), this mode's file last.
+    Kept per file: a record stands for its run only beside the record of the FP run it started from, which is the
+    one in its own file (another file may hold the same FP run trained again, with other numbers)."""
+    return [store.load(path).get("runs", {})
+            for path in sorted(out_dir.glob("results_*.json"), key=lambda p: p == json_path)]
+
+
+def records_of(earlier: list, key: str) -> list:
+    """The records of ``key`` in ``earlier`` (``earlier_records``), in file order."""
+    return [file_runs[key] for file_runs in earlier if key in file_runs]
 
 
 def matching_record(earlier: list, output_dir: str, config: dict):
-    """The last of ``earlier`` (records of one key) with this output folder and settings, one with a measured wall
+    """The last of ``earlier`` (``records_of`` one key) with this output folder and settings, one with a measured wall
     time first; None if there is none."""
     same = [r for r in earlier if r.get("output_dir") == output_dir and r.get("config") == config]
     timed = [r for r in same if r.get("wall_s") is not None]
@@ -105,22 +108,28 @@ def run_all(runs, results, json_path, timeout_s, jobs=1, reuse_records=False, re
 
     def reusable_record(run):
         """The earlier ok record of ``run`` (same output folder and settings) if no run of the plan starts from its
-        checkpoint and every evaluated run it descends from (its FP run) gave again the metrics recorded then: the
-        same start, so the record stands for the run. Else None. With ``report_only`` nothing runs, so any run
-        (FP and calibration too) is taken from its record: the report of what the records hold."""
+        checkpoint and, in the record's own results file, every evaluated run it descends from (its FP run) has the
+        metrics that run gave now: the same start, so the record stands for the run. Else None. With
+        ``report_only`` nothing runs, so any run (FP and calibration too) is taken from its record: the report of
+        what the records hold."""
         if not report_only and (not run.evaluates or f"{run.output_dir}/model_final.pth" in needed):
             return None
-        record = matching_record(previous.get(run.key, []), run.output_dir, planned_config(run))
-        if record is None or record.get("status") != "ok":
-            return None
+        same_start = [file_runs for file_runs in previous if started_as_now(run, file_runs)]
+        record = matching_record(records_of(same_start, run.key), run.output_dir, planned_config(run))
+        return record if record is not None and record.get("status") == "ok" else None
+
+    def started_as_now(run, file_runs):
+        """Whether ``file_runs`` (one results file) records every evaluated run ``run`` descends from with the
+        settings and metrics recorded for it now."""
         ancestor = makers.get(run.weights)
         while ancestor is not None:
-            now = results["runs"].get(ancestor.key, {})
-            then = matching_record(previous.get(ancestor.key, []), ancestor.output_dir, now.get("config"))
-            if ancestor.evaluates and (then is None or not store.same_metrics(then["metrics"], now["metrics"])):
-                return None
+            if ancestor.evaluates:
+                now = results["runs"].get(ancestor.key, {})
+                then = matching_record(records_of([file_runs], ancestor.key), ancestor.output_dir, now.get("config"))
+                if then is None or not store.same_metrics(then["metrics"], now["metrics"]):
+                    return False
             ancestor = makers.get(ancestor.weights)
-        return record
+        return True
 
     def without_running(i, run):
         """Record ``run`` if it needs no running: its input failed, or it is complete (or, with ``reuse_records``,
@@ -129,7 +138,7 @@ def run_all(runs, results, json_path, timeout_s, jobs=1, reuse_records=False, re
             finish(i, run, dict(describe(run), status="failed", error=f"{run.weights} was not made (that run failed)"))
         elif is_complete(run):
             record = describe(run)
-            earlier = matching_record(previous.get(run.key, []), run.output_dir, record["config"]) or {}
+            earlier = matching_record(records_of(previous, run.key), run.output_dir, record["config"]) or {}
             measured = {k: v for k, v in earlier.items() if k in ("wall_s", "peak_rss_mb", "rc")}
             finish(i, run, dict(record, **measured, reused=True))
         elif reuse_records and (record := reusable_record(run)) is not None:
