@@ -601,6 +601,26 @@ def test_progress_line_shows_val_metrics_and_never_test():
     assert benchmark_hqod.progress_line(failed) == "k: failed, boom"
 
 
+def test_runs_start_in_plan_order_once_the_recorded_runs_they_start_from_are_taken(tmp_path, monkeypatch):
+    """FP and calibration complete on disk (a resumed bench): the QAT runs, planned before the FP-trained-on
+    control, start first, not the control, which was ready a pass earlier (it starts from the FP run)."""
+    import benchmark_hqod
+    plan = build_plan(select(MODES["full"], detectors=["retinanet"], settings=["lsq_w4a4"], seeds=2),
+                      str(tmp_path), "cpu", FAKE_SETS)
+    started = []
+
+    def fake_execute(run, timeout_s, threads):
+        started.append(run.key)
+        return {"key": run.key, "setting": run.setting, "seed": run.seed, "status": "ok", "metrics": {}}
+
+    monkeypatch.setattr(benchmark_hqod, "execute", fake_execute)
+    monkeypatch.setattr(benchmark_hqod, "is_complete", lambda run: run.key in {plan[0].key, plan[1].key})
+    monkeypatch.setattr(benchmark_hqod, "describe", lambda run: dict(_record(run.setting, run.seed, 50.0), config={}))
+    benchmark_hqod.run_all(plan, {"runs": [], "report_split": "test"}, tmp_path / "r.json", 60, jobs=2)
+    qat = [r.key for r in plan if r.setting == "lsq_w4a4"]
+    assert set(started[:2]) == set(qat) and started[2] == "shapes/retinanet/fp32_longer/seed1"
+
+
 def test_a_record_names_the_recipe_settings_its_run_used(tmp_path):
     from detectron2.config import get_cfg
     from hqod.config import add_hqod_config

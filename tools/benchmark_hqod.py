@@ -161,17 +161,19 @@ def run_all(runs, results, json_path, timeout_s, jobs=1, reuse_records=False, re
                 if not ready and not running:
                     raise RuntimeError(f"{pending[0][1].key}: its MODEL.WEIGHTS are made by no run of the plan")
                 recorded = False
-                for i, run in ready:
-                    if i not in to_run and without_running(i, run):
+                for i, run in (item for item in ready if item[0] not in to_run):
+                    if without_running(i, run):
                         pending.remove((i, run))
                         recorded = True
-                    elif len(running) >= jobs:
-                        to_run.add(i)
                     else:
-                        pending.remove((i, run))
-                        print(f"[{i}/{len(runs)}] {run.key} ...", flush=True)
-                        running[pool.submit(execute, run, timeout_s, threads)] = (i, run)
-                if running and (len(running) == jobs or not recorded):  # else look again: recorded runs are inputs
+                        to_run.add(i)
+                if recorded:  # look again before starting any: a recorded run may be the input of runs planned earlier
+                    continue
+                for i, run in ready[:jobs - len(running)]:
+                    pending.remove((i, run))
+                    print(f"[{i}/{len(runs)}] {run.key} ...", flush=True)
+                    running[pool.submit(execute, run, timeout_s, threads)] = (i, run)
+                if running:
                     done, _ = concurrent.futures.wait(running, return_when=concurrent.futures.FIRST_COMPLETED)
                     for future in done:
                         i, run = running.pop(future)
