@@ -13,6 +13,7 @@ import types
 import cv2
 import numpy as np
 import pytest
+import torch
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.structures import BoxMode
 
@@ -288,6 +289,19 @@ def test_report_shows_the_test_split_with_val_beside_it_paired_statistics_and_fa
     assert plots.label("lsq_hqod_w4a4_numpos") == "LSQ+HQOD W4A4 numpos"
 
 
+def test_results_name_the_cpu_and_its_aten_capability_and_the_report_shows_them():
+    import benchmark_hqod
+    host = benchmark_hqod.host_info("cpu")  # deepforest FP training differs between CPUs: records say which made them
+    assert host["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    names = [line.split(":", 1)[1].strip() for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines()
+             if line.startswith("model name")] if os.path.exists("/proc/cpuinfo") else []
+    assert host["cpu"] and (not names or host["cpu"].startswith(names[0] + " (family "))
+    results = _results(_records())
+    results["host"].update(cpu=host["cpu"], cpu_capability=host["cpu_capability"])
+    assert f"2 CPU(s) ({host['cpu']}, ATen {host['cpu_capability']}), torch x" in report.render(results, [])
+    assert "2 CPU(s), torch x" in report.render(_results(_records()), [])  # older results name no CPU
+
+
 def test_results_json_is_strict_and_written_whole(tmp_path):
     path = tmp_path / "sub" / "results.json"
     store.save(path, {"a": float("nan"), "b": [1.5, float("inf")], "c": {"d": (2, -math.inf)}})
@@ -329,15 +343,25 @@ def test_a_run_is_reused_only_when_finished_by_the_same_command_after_its_weight
     assert not runs.is_complete(run)  # the calibration it started from was redone
 
 
-@pytest.mark.parametrize("earlier_config, kept", [({}, True), ({"max_iter": 1200}, False)])
-def test_a_reused_run_keeps_the_wall_time_recorded_for_the_same_settings_only(tmp_path, earlier_config, kept):
+@pytest.mark.parametrize("earlier_config, earlier_ap, kept", [({}, 42.0, True), ({"max_iter": 1200}, 42.0, False),
+                                                             ({}, 41.0, False)])
+def test_a_reused_run_keeps_the_wall_time_recorded_for_the_run_that_made_its_folder_only(
+        tmp_path, earlier_config, earlier_ap, kept):
     import benchmark_hqod
-    run = _finished_run(tmp_path)  # no config.yaml: its record's settings are {}
-    # as recorded when it ran, or when a run with other settings (a shorter FP schedule) had its folder
-    earlier = dict(runs.describe(run), wall_s=300.0, config=earlier_config)
+    run = _finished_run(tmp_path)  # no config.yaml: its record's settings are {}; test AP 43, val AP 42
+    # as recorded when it ran; when a run with other settings (a shorter FP schedule) had its folder; or when the
+    # same command made another model (on another machine)
+    made = runs.describe(run)
+    earlier = dict(made, wall_s=300.0, config=earlier_config,
+                   metrics=dict(made["metrics"], val=dict(made["metrics"]["val"], **{"bbox/AP": earlier_ap})))
     results = {"runs": [{run.key: earlier}], "report_split": "test"}
     benchmark_hqod.run_all([run], results, tmp_path / "r.json", 600, jobs=1)
     assert results["runs"][run.key]["reused"] and results["runs"][run.key].get("wall_s") == (300.0 if kept else None)
+    # the maker's record is found beside a later file's record of another model made by the same command
+    results = {"runs": [{run.key: dict(made, wall_s=300.0)}, {run.key: dict(earlier, wall_s=500.0)}],
+               "report_split": "test"}
+    benchmark_hqod.run_all([run], results, tmp_path / "r.json", 600, jobs=1)
+    assert results["runs"][run.key]["wall_s"] == (500.0 if kept else 300.0)
 
 
 def test_a_run_evaluated_on_val_only_is_run_again(tmp_path):

@@ -24,6 +24,7 @@ import dataclasses
 import datetime
 import os
 import pathlib
+import platform
 import shlex
 import signal
 import sys
@@ -77,10 +78,25 @@ def matching_record(earlier: list, output_dir: str, config: dict):
     return (timed or same or [None])[-1]
 
 
+def cpu_model() -> str:
+    """The CPU as /proc/cpuinfo names it, with family and model: FP training on deepforest differs between CPUs of
+    one ISA (BENCHMARKS.md), so a record says which one made it."""
+    try:
+        lines = pathlib.Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return platform.processor() or "unknown"
+    fields = {}
+    for line in lines:
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+    family, model = fields.get("cpu family", "?"), fields.get("model", "?")
+    return f"{fields.get('model name', 'unknown')} (family {family}, model {model})"
+
+
 def host_info(device: str) -> dict:
     name = torch.cuda.get_device_name() if device == "cuda" else "cpu"
-    return {"cpus": os.cpu_count(), "torch": torch.__version__, "device": name,
-            "load_before": [round(v, 2) for v in os.getloadavg()]}
+    return {"cpus": os.cpu_count(), "cpu": cpu_model(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "torch": torch.__version__, "device": name, "load_before": [round(v, 2) for v in os.getloadavg()]}
 
 
 def run_all(runs, results, json_path, timeout_s, jobs=1, reuse_records=False, report_only=False):
@@ -131,6 +147,15 @@ def run_all(runs, results, json_path, timeout_s, jobs=1, reuse_records=False, re
             ancestor = makers.get(ancestor.weights)
         return True
 
+    def maker_record(run, record):
+        """The earlier record of the run that made ``run``'s complete folder (``record``: what the folder holds): same
+        settings and start and, for an evaluated run, the folder's metrics; else {}. Another file may record the same
+        run made on another machine, with other numbers and times."""
+        same_start = [file_runs for file_runs in previous if started_as_now(run, file_runs)]
+        made_it = [r for r in records_of(same_start, run.key)
+                   if not run.evaluates or store.same_metrics(r.get("metrics"), record["metrics"])]
+        return matching_record(made_it, run.output_dir, record["config"]) or {}
+
     def without_running(i, run):
         """Record ``run`` if it needs no running: its input failed, or it is complete (or, with ``reuse_records``,
         recorded); else return False."""
@@ -138,8 +163,7 @@ def run_all(runs, results, json_path, timeout_s, jobs=1, reuse_records=False, re
             finish(i, run, dict(describe(run), status="failed", error=f"{run.weights} was not made (that run failed)"))
         elif is_complete(run):
             record = describe(run)
-            earlier = matching_record(records_of(previous, run.key), run.output_dir, record["config"]) or {}
-            measured = {k: v for k, v in earlier.items() if k in ("wall_s", "peak_rss_mb", "rc")}
+            measured = {k: v for k, v in maker_record(run, record).items() if k in ("wall_s", "peak_rss_mb", "rc")}
             finish(i, run, dict(record, **measured, reused=True))
         elif reuse_records and (record := reusable_record(run)) is not None:
             finish(i, run, dict(record, reused=True, from_record=True))

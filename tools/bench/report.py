@@ -165,9 +165,10 @@ def render(results, figures) -> str:
     reused = sum(1 for r in results["runs"].values() if r.get("reused"))
     from_records = sum(1 for r in results["runs"].values() if r.get("from_record"))
     not_run = results.get("not_run", [])
+    cpu = f" ({host['cpu']}, ATen {host['cpu_capability']})" if "cpu" in host else ""  # older results lack it
     lines = [f"# HQOD bench, {results['mode']} mode", "",
              f"Command: `{results['command']}`. Started {results['started']}, {results['wall_s'] / 60:.1f} min in "
-             f"all. {host['cpus']} CPU(s), torch {host['torch']}, device {host['device']}; load average "
+             f"all. {host['cpus']} CPU(s){cpu}, torch {host['torch']}, device {host['device']}; load average "
              f"{host['load_before']} before, {host['load_after']} after. {len(results['runs'])} runs, "
              f"{reused} of them done by an earlier invocation (their times are from then; {from_records} taken from "
              f"their records, their folders gone), {results['runs_wall_s'] / 60:.1f} min of run time in all. "
