@@ -130,9 +130,12 @@ def run_all(runs, results, json_path, timeout_s, jobs=1, reuse_records=False, re
         what the records hold."""
         if not report_only and (not run.evaluates or f"{run.output_dir}/model_final.pth" in needed):
             return None
-        same_start = [file_runs for file_runs in previous if started_as_now(run, file_runs)]
-        record = matching_record(records_of(same_start, run.key), run.output_dir, planned_config(run))
+        record = matching_record(same_start_records(run), run.output_dir, planned_config(run))
         return record if record is not None and record.get("status") == "ok" else None
+
+    def same_start_records(run):
+        """The earlier records of ``run`` from the results files that record its start as it is now."""
+        return records_of([file_runs for file_runs in previous if started_as_now(run, file_runs)], run.key)
 
     def started_as_now(run, file_runs):
         """Whether ``file_runs`` (one results file) records every evaluated run ``run`` descends from with the
@@ -151,8 +154,7 @@ def run_all(runs, results, json_path, timeout_s, jobs=1, reuse_records=False, re
         """The earlier record of the run that made ``run``'s complete folder (``record``: what the folder holds): same
         settings and start and, for an evaluated run, the folder's metrics; else {}. Another file may record the same
         run made on another machine, with other numbers and times."""
-        same_start = [file_runs for file_runs in previous if started_as_now(run, file_runs)]
-        made_it = [r for r in records_of(same_start, run.key)
+        made_it = [r for r in same_start_records(run)
                    if not run.evaluates or store.same_metrics(r.get("metrics"), record["metrics"])]
         return matching_record(made_it, run.output_dir, record["config"]) or {}
 
