@@ -397,13 +397,42 @@ def test_a_run_without_calibration_takes_no_calibration_time(tmp_path):
     assert (record["calib_s"], record["train_s"], record["eval_s"]) == (0.0, 67.0, 23.0)
 
 
-def test_a_run_without_detections_is_a_failure(tmp_path):
-    run = _finished_run(tmp_path)
+def _final_evaluation(run, **test_metrics):
+    """Append a final evaluation with val AP 3 and the given test metrics (``harmony_num_detections=0``)."""
     with open(pathlib.Path(run.output_dir) / "metrics.json", "a") as f:
-        f.write(json.dumps({"iteration": run.max_iter - 1, "bench_v/bbox/AP": 3.0,
-                            "bench_s/bbox/AP": float("nan")}) + "\n")
+        f.write(json.dumps({"iteration": run.max_iter - 1, "bench_v/bbox/AP": 3.0, "bench_v/harmony/pearson": 0.1,
+                            **{f"bench_s/{k.replace('_', '/', 1)}": v for k, v in test_metrics.items()}}) + "\n")
+
+
+def test_a_run_without_detections_scores_ap_zero_there_and_stays_in_the_comparison(tmp_path):
+    run = _finished_run(tmp_path)  # a collapse (no box above the score threshold) is a result, not a failed run
+    _final_evaluation(run, bbox_AP=float("nan"), bbox_AP50=float("nan"), harmony_pearson=float("nan"),
+                      harmony_num_detections=0.0)
     record = runs.describe(run)
-    assert record["status"] == "failed" and record["error"] == "no detections on test (AP is NaN)"
+    assert record["status"] == "ok" and record["no_detections"] == ["test"]
+    assert record["metrics"]["test"]["bbox/AP"] == record["metrics"]["test"]["bbox/AP50"] == 0.0
+    assert math.isnan(record["metrics"]["test"]["harmony/pearson"])  # undefined, left out of ΔPearson
+    assert record["metrics"]["val"]["bbox/AP"] == 3.0  # val had detections: untouched
+
+
+def test_a_nan_ap_with_detections_is_a_failure(tmp_path):
+    run = _finished_run(tmp_path)
+    _final_evaluation(run, bbox_AP=float("nan"), harmony_num_detections=12.0)
+    record = runs.describe(run)
+    assert record["status"] == "failed" and record["error"] == "AP is NaN on test although the model detected boxes"
+
+
+def test_a_run_without_detections_counts_as_ap_zero_in_the_pairs_and_the_report():
+    records = _records()
+    records[-1] = _record("lsq_w4a4", 4, 49.0)
+    records[-2] = dict(_record("lsq_hqod_w4a4", 4, 1.0), no_detections=["test"])
+    records[-2]["metrics"]["test"].update({"bbox/AP": 0.0, "harmony/pearson": float("nan")})
+    (entry,) = paired(records, ("lsq_w4a4", "lsq_hqod_w4a4"), "test")
+    assert entry["seeds"] == [1, 2, 3, 4] and entry["bbox/AP"]["per_seed"][-1] == -49.0
+    assert entry["harmony/pearson"]["n"] == 3  # no Pearson without detections
+    text = report.render(_results(records), [])
+    assert "| shapes / retinanet | LSQ+HQOD W4A4 | 4 (1 without detections: AP 0) | 40.0 ± 26.9 |" in text
+    assert "- `shapes/retinanet/lsq_hqod_w4a4/seed4`: test" in text.split("## Runs without detections")[1]
 
 
 def test_a_failing_train_net_run_is_recorded_with_its_error_line(tmp_path):
@@ -623,6 +652,9 @@ def test_progress_line_shows_val_metrics_and_never_test():
     assert "79.8" not in line and "test" not in line
     failed = {"key": "k", "status": "failed", "error": "boom"}
     assert benchmark_hqod.progress_line(failed) == "k: failed, boom"
+    empty = dict(record, no_detections=["val", "test"], metrics={"val": {"bbox/AP": 0.0}, "test": {"bbox/AP": 0.0}})
+    assert benchmark_hqod.progress_line(empty) == "shapes/fcos/lsq_w4a4/seed1: ok, val AP 0.0, 612 s, no detections " \
+                                                  "on val: AP 0"
 
 
 def test_runs_start_in_plan_order_once_the_recorded_runs_they_start_from_are_taken(tmp_path, monkeypatch):

@@ -219,6 +219,8 @@ def progress_line(record) -> str:
             parts.append(f"val {name.split('/')[1]} {metrics[name]:.{digits}f}")
     if record.get("wall_s") is not None:
         parts.append(f"{record['wall_s']:.0f} s")
+    if "val" in record.get("no_detections", ()):
+        parts.append("no detections on val: AP 0")
     if record.get("error"):
         parts.append(record["error"])
     return ", ".join(parts)

@@ -81,8 +81,10 @@ def _results_table(results) -> list:
         dataset, detector, setting = name.split("/")
         if setting.startswith("calib_"):
             continue
-        failed = f" ({len(g['failed'])} failed)" if g["failed"] else ""
-        rows.append([f"{dataset} / {detector}", label(setting), f"{len(g['seeds'])}{failed}", _pm(g["bbox/AP"]),
+        notes = ([f"{len(g['failed'])} failed"] if g["failed"] else []) + (
+            [f"{len(g['no_detections'])} without detections: AP 0"] if g.get("no_detections") else [])
+        seeds = f"{len(g['seeds'])} ({', '.join(notes)})" if notes else f"{len(g['seeds'])}"
+        rows.append([f"{dataset} / {detector}", label(setting), seeds, _pm(g["bbox/AP"]),
                      _pm(g["bbox/AP50"]), _pm(g["bbox/AP75"]), _pm(g["harmony/pearson"], digits=3),
                      _pm(g["harmony/spearman"], digits=3), _pm(other_groups[name]["bbox/AP"])])
     return _table(["data set / detector", "setting", "seeds", "AP", "AP50", "AP75", "Pearson", "Spearman",
@@ -193,5 +195,10 @@ def render(results, figures) -> str:
     lines += ["", "## Speed", ""] + _speed_lines(results.get("speed"))
     if failed:
         lines += ["", "## Failed runs", ""] + [f"- `{r['key']}`: {r.get('error')}" for r in failed]
+    empty = [r for r in results["runs"].values() if r["status"] == "ok" and r.get("no_detections")]
+    if empty:
+        lines += ["", "## Runs without detections", "", "Trained to the end, but no box scored above the test "
+                  "threshold on these splits: AP 0 there (recall 0 at every IoU threshold), harmony undefined.", ""]
+        lines += [f"- `{r['key']}`: {', '.join(r['no_detections'])}" for r in empty]
     lines += ["", "## Figures", ""] + [f"![{f}]({f})" for f in figures]
     return "\n".join(lines) + "\n"

@@ -129,10 +129,22 @@ def describe(run) -> dict:
                          for split, name in run.splits} if final else {}
     record.update(_timings(run))
     record["config"] = effective_config(pathlib.Path(run.output_dir) / "config.yaml")
-    empty = [split for split, metrics in record["metrics"].items() if math.isnan(metrics["bbox/AP"])]
-    if empty:
-        record.update(status="failed", error=f"no detections on {', '.join(empty)} (AP is NaN)")
+    _score_no_detections(record)
     return record
+
+
+def _score_no_detections(record):
+    """A run that trained to the end but detects nothing above the score threshold scores AP 0 on that split: no
+    box found means recall 0 at every IoU threshold (pycocotools cannot load an empty result list, so Detectron2's
+    COCOEvaluator reports NaN). Leaving the run out would drop a collapse from the comparison. Listed in
+    ``no_detections``; its harmony stays NaN (undefined). Any other NaN AP fails the run."""
+    for split, metrics in record["metrics"].items():
+        if math.isnan(metrics["bbox/AP"]) and metrics.get("harmony/num_detections") == 0:
+            metrics.update({k: 0.0 for k in ("bbox/AP", "bbox/AP50", "bbox/AP75")})
+            record.setdefault("no_detections", []).append(split)
+    undefined = [split for split, metrics in record["metrics"].items() if math.isnan(metrics["bbox/AP"])]
+    if undefined:
+        record.update(status="failed", error=f"AP is NaN on {', '.join(undefined)} although the model detected boxes")
 
 
 def effective_config(path: pathlib.Path) -> dict:

@@ -38,8 +38,8 @@ def summarize(records, settings) -> dict:
 
 
 def groups(records, split) -> dict:
-    """``"dataset/detector/setting" -> {"seeds", "failed", metric -> spread, "timing" -> {name -> spread}}``, metrics
-    of ``split``."""
+    """``"dataset/detector/setting" -> {"seeds", "failed", "no_detections", metric -> spread, "timing" -> {name ->
+    spread}}``, metrics of ``split`` (``no_detections``: the seeds scored AP 0 on it for detecting nothing)."""
     by_group = {}
     for record in records:
         by_group.setdefault(f"{record['dataset']}/{record['detector']}/{record['setting']}", []).append(record)
@@ -47,7 +47,8 @@ def groups(records, split) -> dict:
     for name, members in by_group.items():
         ok = [r for r in members if r["status"] == "ok"]
         entry = {"seeds": [r["seed"] for r in ok], "failed": {r["key"]: r.get("error") for r in members
-                                                              if r["status"] != "ok"}}
+                                                              if r["status"] != "ok"},
+                 "no_detections": [r["seed"] for r in ok if split in r.get("no_detections", ())]}
         entry.update({m: spread([_metrics(r, split).get(m) for r in ok]) for m in METRICS})
         entry["timing"] = {t: spread([r.get(t) for r in members]) for t in TIMINGS}
         result[name] = entry
