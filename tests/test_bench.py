@@ -364,6 +364,22 @@ def test_a_reused_run_keeps_the_wall_time_recorded_for_the_run_that_made_its_fol
     assert results["runs"][run.key]["wall_s"] == (500.0 if kept else 300.0)
 
 
+def test_a_run_recorded_as_failed_for_no_detections_keeps_its_wall_time_when_scored_ap_zero(tmp_path):
+    """Records from before the AP-0 rule hold NaN for that run: they are scored by today's rule to find its maker."""
+    import benchmark_hqod
+    run = _finished_run(tmp_path)
+    _final_evaluation(run, bbox_AP=float("nan"), harmony_num_detections=0.0)
+    made = runs.describe(run)
+    nan = {"test": dict(made["metrics"]["test"], **{"bbox/AP": float("nan")})}
+    then = dict(made, metrics=dict(made["metrics"], **nan), status="failed", error="no detections", wall_s=624.0)
+    results = {"runs": [{run.key: then}], "report_split": "test"}
+    benchmark_hqod.run_all([run], results, tmp_path / "r.json", 600, jobs=1)
+    record = results["runs"][run.key]
+    assert record["status"] == "ok" and record["metrics"]["test"]["bbox/AP"] == 0.0 and record["wall_s"] == 624.0
+    flat = {"key": run.key, "status": "ok", "metrics": {"bbox/AP": 40.0}}  # a record from before the test split
+    assert runs.scored(flat) == flat
+
+
 def test_a_run_evaluated_on_val_only_is_run_again(tmp_path):
     run = _finished_run(tmp_path, splits=SPLITS[:1])  # as the bench evaluated before the test split
     assert runs.final_evaluation(run) is None and not runs.is_complete(run)

@@ -38,7 +38,7 @@ from hqod.utils.io import atomic_write_bytes
 from bench import plots, report, speed, store
 from bench.data import write_eval_subset, write_train_crops
 from bench.plan import BATCH, CALIB_IMAGES, DATA, FP_SETTING, MODES, SPLITS, build_plan, select
-from bench.runs import describe, execute, is_complete, kill_running, planned_config
+from bench.runs import describe, execute, is_complete, kill_running, planned_config, scored
 from bench.summary import summarize
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -155,7 +155,7 @@ def run_all(runs, results, json_path, timeout_s, jobs=1, reuse_records=False, re
         settings and start and, for an evaluated run, the folder's metrics; else {}. Another file may record the same
         run made on another machine, with other numbers and times."""
         made_it = [r for r in same_start_records(run)
-                   if not run.evaluates or store.same_metrics(r.get("metrics"), record["metrics"])]
+                   if not run.evaluates or store.same_metrics(scored(r).get("metrics"), record["metrics"])]
         return matching_record(made_it, run.output_dir, record["config"]) or {}
 
     def without_running(i, run):

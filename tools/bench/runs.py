@@ -1,6 +1,7 @@
 """Run one train_net.py subprocess of the plan (or find it already done) and turn its outputs into a record:
 final AP and harmony per split (val, test), seconds per iteration and calibration seconds from metrics.json,
 training and evaluation seconds from log.txt, peak RSS from the child's rusage."""
+import copy
 import datetime
 import json
 import math
@@ -133,18 +134,32 @@ def describe(run) -> dict:
     return record
 
 
+def scored(record) -> dict:
+    """A copy of ``record`` with its metrics scored as ``describe`` scores them now, so that a record written before
+    a scoring rule (AP 0 without detections) compares with a folder described today."""
+    record = copy.deepcopy(record)
+    _score_no_detections(record)
+    return record
+
+
 def _score_no_detections(record):
     """A run that trained to the end but detects nothing above the score threshold scores AP 0 on that split: no
     box found means recall 0 at every IoU threshold (pycocotools cannot load an empty result list, so Detectron2's
     COCOEvaluator reports NaN). Leaving the run out would drop a collapse from the comparison. Listed in
     ``no_detections``; its harmony stays NaN (undefined). Any other NaN AP fails the run."""
-    for split, metrics in record["metrics"].items():
-        if math.isnan(metrics["bbox/AP"]) and metrics.get("harmony/num_detections") == 0:
+    # records from before the test split hold flat metrics (no split level): nothing to score there
+    per_split = {split: m for split, m in record.get("metrics", {}).items() if isinstance(m, dict)}
+    for split, metrics in per_split.items():
+        if _is_nan(metrics.get("bbox/AP")) and metrics.get("harmony/num_detections") == 0:
             metrics.update({k: 0.0 for k in ("bbox/AP", "bbox/AP50", "bbox/AP75")})
             record.setdefault("no_detections", []).append(split)
-    undefined = [split for split, metrics in record["metrics"].items() if math.isnan(metrics["bbox/AP"])]
+    undefined = [split for split, metrics in per_split.items() if _is_nan(metrics.get("bbox/AP"))]
     if undefined:
         record.update(status="failed", error=f"AP is NaN on {', '.join(undefined)} although the model detected boxes")
+
+
+def _is_nan(value) -> bool:
+    return value is not None and math.isnan(value)
 
 
 def effective_config(path: pathlib.Path) -> dict:
