@@ -865,6 +865,23 @@ def test_report_only_with_reuse_records_reports_every_recorded_run_of_a_fresh_ch
     assert sorted(results["not_run"]) == sorted(r.key for r in plan[3:])
 
 
+def test_a_record_failed_for_no_detections_before_the_ap_zero_rule_is_reused_with_ap_zero(tmp_path, monkeypatch):
+    import benchmark_hqod
+    plan = build_plan(select(MODES["full"], detectors=["retinanet"], settings=["lsq_w4a4"], seeds=1),
+                      str(tmp_path), "cpu", FAKE_SETS)
+    monkeypatch.setattr(benchmark_hqod, "execute", lambda *args: pytest.fail("--report-only ran a run"))
+    earlier = {run.key: dict(_record(run.setting, run.seed, 50.0), key=run.key, output_dir=run.output_dir,
+                             config=runs.planned_config(run)) for run in plan}
+    (key,) = [run.key for run in plan if run.setting == "lsq_w4a4"]
+    earlier[key]["metrics"]["test"].update({"bbox/AP": float("nan"), "harmony/num_detections": 0.0})
+    earlier[key].update(status="failed", error="no detections on test (AP is NaN)")
+    results = {"runs": [earlier], "report_split": "test"}
+    benchmark_hqod.run_all(plan, results, tmp_path / "r.json", 60, jobs=1, reuse_records=True, report_only=True)
+    record = results["runs"][key]
+    assert record["status"] == "ok" and record["metrics"]["test"]["bbox/AP"] == 0.0
+    assert record["no_detections"] == ["test"] and not results["not_run"]
+
+
 def test_report_only_runs_nothing_and_lists_what_the_plan_left_undone(tmp_path, monkeypatch):
     """--report-only of an interrupted bench: the runs done are recorded, the others (and the runs that start from
     them) are listed as not run, nothing is executed and nothing waits for a run that never comes."""

@@ -127,10 +127,11 @@ def run_all(runs, results, json_path, timeout_s, jobs=1, reuse_records=False, re
         checkpoint and, in the record's own results file, every evaluated run it descends from (its FP run) has the
         metrics that run gave now: the same start, so the record stands for the run. Else None. With
         ``report_only`` nothing runs, so any run (FP and calibration too) is taken from its record: the report of
-        what the records hold."""
+        what the records hold. The record is scored by today's rules (``scored``)."""
         if not report_only and (not run.evaluates or f"{run.output_dir}/model_final.pth" in needed):
             return None
         record = matching_record(same_start_records(run), run.output_dir, planned_config(run))
+        record = scored(record) if record is not None else None
         return record if record is not None and record.get("status") == "ok" else None
 
     def same_start_records(run):
