@@ -1,5 +1,5 @@
 """Shared fixtures: the repository root, train_net.py in a subprocess, project configs on the CPU, a small
-COCO-format subset of the built-in shapes validation set for quick evaluations, tools/deploy scripts as modules, and
+COCO-format subset of the built-in shapes validation set for quick evaluations, tools/ scripts as modules, and
 random images and weights for tiny untrained detectors."""
 import importlib.util
 import json
@@ -135,16 +135,23 @@ def tiny_detector_cfg():
 
 
 @pytest.fixture(scope="session")
-def deploy_tool(root):
-    """``deploy_tool(name)``: tools/deploy/<name>.py imported as a module."""
+def tool_module(root):
+    """``tool_module(path)``: tools/<path>.py (e.g. ``"check_determinism"``) imported as a module."""
 
-    def load(name):
-        spec = importlib.util.spec_from_file_location(name, root / "tools" / "deploy" / f"{name}.py")
+    def load(path):
+        file = root / "tools" / f"{path}.py"
+        spec = importlib.util.spec_from_file_location(file.stem, file)
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
         return module
 
     return load
+
+
+@pytest.fixture(scope="session")
+def deploy_tool(tool_module):
+    """``deploy_tool(name)``: tools/deploy/<name>.py imported as a module."""
+    return lambda name: tool_module(f"deploy/{name}")
 
 
 @pytest.fixture(scope="session")

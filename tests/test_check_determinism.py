@@ -1,6 +1,4 @@
 """tools/check_determinism.py: two seeded runs agree bit for bit, unseeded runs are caught, bad input fails early."""
-import importlib.util
-
 import pytest
 
 TINY = ["--config-file", "configs/quickstart_retinanet_mnv2_shapes.yaml", "--iters", "3"]
@@ -8,11 +6,8 @@ TINY_OPTS = ["SOLVER.IMS_PER_BATCH", "2", "DATALOADER.NUM_WORKERS", "0", "INPUT.
 
 
 @pytest.fixture(scope="module")
-def tool(root):
-    spec = importlib.util.spec_from_file_location("check_determinism", root / "tools" / "check_determinism.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def tool(tool_module):
+    return tool_module("check_determinism")
 
 
 def test_seeded_runs_agree_bit_for_bit(run_python, root):

@@ -131,8 +131,10 @@ def run_all(runs, results, json_path, timeout_s, jobs=1, reuse_records=False, re
         if not report_only and (not run.evaluates or f"{run.output_dir}/model_final.pth" in needed):
             return None
         record = matching_record(same_start_records(run), run.output_dir, planned_config(run))
-        record = scored(record) if record is not None else None
-        return record if record is not None and record.get("status") == "ok" else None
+        if record is None:
+            return None
+        record = scored(record)
+        return record if record.get("status") == "ok" else None
 
     def same_start_records(run):
         """The earlier records of ``run`` from the results files that record its start as it is now."""

@@ -35,16 +35,17 @@ from hqod.errors import HQODError  # noqa: E402
 
 @dataclasses.dataclass
 class Divergence:
-    """Where two loss curves part: the first iteration whose losses are not bitwise equal (None when none is)."""
+    """Where two loss curves part: the first iteration whose losses are not bitwise equal (None when none is), the
+    two losses there and their relative difference, and the relative difference at the last iteration."""
     first_iter: int | None
     first_a: float | None = None
     first_b: float | None = None
+    relative: float = 0.0
     last_relative: float = 0.0
 
-    @property
-    def relative(self) -> float:
-        """Relative difference of the losses at the first differing iteration."""
-        return abs(self.first_a - self.first_b) / max(abs(self.first_a), abs(self.first_b))
+
+def _relative(x: float, y: float) -> float:
+    return abs(x - y) / max(abs(x), abs(y))
 
 
 def compare_losses(a: list, b: list) -> Divergence:
@@ -54,8 +55,7 @@ def compare_losses(a: list, b: list) -> Divergence:
     first = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), None)
     if first is None:
         return Divergence(None)
-    last = abs(a[-1] - b[-1]) / max(abs(a[-1]), abs(b[-1]))
-    return Divergence(first, a[first], b[first], last)
+    return Divergence(first, a[first], b[first], _relative(a[first], b[first]), _relative(a[-1], b[-1]))
 
 
 def weights_digest(model) -> str:
